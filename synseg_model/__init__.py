@@ -1,0 +1,21 @@
+"""SynSeg: open-vocabulary semantic segmentation (pure PyTorch; no ROS, no training code).
+
+    from synseg_model import Segmenter
+    seg = Segmenter.from_checkpoint()            # the offline default model
+    seg.set_vocabulary(["circle", "grass"])
+    out = seg.segment(rgb)                      # out.masks: (K, H, W) bool
+"""
+from .config import SynSegConfig
+from .factory import create_model, get_model_config, list_models
+from .losses import mccl_loss
+from .model import SynSeg, SynSegOutput
+from .runtime import Segmentation, Segmenter
+from .weights import (CheckpointError, convert_hf_clipseg, default_checkpoint_path, load_checkpoint,
+                      load_clipseg_decoder, load_hf_clipseg, read_checkpoint, save_checkpoint)
+
+__all__ = [
+    "CheckpointError", "Segmentation", "Segmenter", "SynSeg", "SynSegConfig", "SynSegOutput",
+    "convert_hf_clipseg", "create_model", "default_checkpoint_path", "get_model_config", "list_models",
+    "load_checkpoint", "load_clipseg_decoder", "load_hf_clipseg", "mccl_loss", "read_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,157 @@
+"""The frozen CLIP of SynSeg: building it, loading its weights, and the two encoders SynSeg needs.
+
+The visual side returns the token activations of chosen residual blocks (CLS token included), running only
+the blocks up to the deepest one needed. Position embeddings are resized on the fly (bicubic on the 2-D grid,
+as CLIPSeg does) when the input is not the size CLIP was trained at.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SynSegConfig
+
+log = logging.getLogger(__name__)
+
+
+def clip_architecture(config: SynSegConfig) -> tuple[str | None, dict[str, Any] | None]:
+    """(open_clip name, None) for a registered name, or (None, architecture dict) for inline/JSON configs."""
+    if config.clip_config is not None:
+        return None, dict(config.clip_config)
+    if config.clip_model.endswith(".json"):
+        path = Path(config.clip_model)
+        try:
+            return None, json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read open_clip model config: {exc}") from exc
+    if config.clip_model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {config.clip_model!r} (see open_clip.list_models())")
+    return config.clip_model, None
+
+
+def build_clip(config: SynSegConfig) -> nn.Module:
+    """Build the open_clip CLIP of ``config``: random init, a pretrained tag, or a local weights file."""
+    name, arch = clip_architecture(config)
+    source = config.clip_pretrained
+    is_file = source is not None and Path(source).suffix in (".pt", ".pth", ".bin", ".safetensors")
+    if name is not None:
+        tag = None if (source is None or is_file) else source
+        # A tag implies its own activation (e.g. QuickGELU for "openai"); open_clip applies it.
+        model = open_clip.create_model(name, pretrained=tag)
+    else:
+        arch = dict(arch)
+        quick_gelu = bool(arch.pop("quick_gelu", False))
+        arch.pop("custom_text", None)
+        if source is not None and not is_file:
+            raise ValueError(f"pretrained tag {source!r} needs a registered clip_model, not an inline config")
+        model = open_clip.model.CLIP(**arch, quick_gelu=quick_gelu)
+    if is_file:
+        load_clip_weights(model, Path(source))
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .pt/.pth/.bin file, never unpickling arbitrary objects.
+
+    Accepts plain state dicts and training checkpoints holding one under ``state_dict`` (DDP ``module.``
+    prefixes removed).
+    """
+    from .weights import CheckpointError  # one error type for every weights file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad header, pickled objects refused by weights_only
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_clip_weights(model: nn.Module, path: Path) -> None:
+    """Load a full open_clip state dict from ``path`` into ``model``; errors name the file and the key."""
+    from .weights import CheckpointError, check_state_dict
+
+    state = read_state_dict(path)
+    pos_key = "visual.positional_embedding"
+    if pos_key in state and state[pos_key].shape != model.visual.positional_embedding.shape:
+        grid = model.visual.grid_size
+        state[pos_key] = resize_pos_embed(state[pos_key], grid)
+    check_state_dict(model.state_dict(), state, path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a (1 + g*g, C) position embedding to (1 + grid[0]*grid[1], C), bicubic on the patch grid."""
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    old = int(round(patch_pos.shape[0] ** 0.5))
+    if (old, old) == tuple(grid):
+        return pos
+    patch_pos = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def visual_activations(visual: nn.Module, images: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
+    """Outputs of the residual blocks ``layers`` of an open_clip VisionTransformer.
+
+    Args:
+        visual: ``clip.visual`` of an open_clip CLIP (ViT).
+        images: (B, 3, H, W) normalised images.
+        layers: 0-based block indices.
+    Returns:
+        One (B, 1 + h*w, width) tensor per layer, in the order of ``layers``; (h, w) = (H, W) // patch.
+    """
+    x = visual.conv1(images)                                   # (B, width, h, w)
+    grid = tuple(x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    pos = visual.positional_embedding
+    if pos.shape[0] != 1 + grid[0] * grid[1]:
+        pos = resize_pos_embed(pos, grid)
+    x = visual.ln_pre(x + pos.to(x.dtype))
+    wanted = set(layers)
+    found: dict[int, torch.Tensor] = {}
+    for i, block in enumerate(visual.transformer.resblocks[: max(layers) + 1]):
+        x = block(x)
+        if i in wanted:
+            found[i] = x
+    return [found[i] for i in layers]
+
+
+@lru_cache(maxsize=8)
+def _tokenizer_for(name: str | None, context_length: int) -> Callable[[list[str]], torch.Tensor]:
+    if name is not None:
+        return open_clip.get_tokenizer(name)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
+def get_tokenizer(config: SynSegConfig) -> Callable[[list[str]], torch.Tensor]:
+    """The open_clip tokenizer that matches the CLIP of ``config``."""
+    name, arch = clip_architecture(config)
+    if name is not None:
+        return _tokenizer_for(name, 0)
+    text_cfg = arch.get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name"):
+        raise ValueError("inline CLIP configs with a Hugging Face tokenizer are not supported")
+    return _tokenizer_for(None, int(text_cfg.get("context_length", 77)))

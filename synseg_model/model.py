@@ -1,0 +1,127 @@
+"""The SynSeg model: frozen CLIP encoders + FiLM-conditioned decoder + FSS projector."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip import build_clip, get_tokenizer, visual_activations
+from .config import SynSegConfig
+from .decoder import Decoder, Projector, synergy_features
+
+
+@dataclass
+class SynSegOutput:
+    """What ``SynSeg.forward(..., return_synergy=True)`` returns.
+
+    Attributes:
+        logits: (B, K, H, W) per-category logits at input resolution.
+        fg: (B, K, D) foreground synergy features f_k.
+        bg: (B, K, D) background synergy features f_bar_k.
+    """
+
+    logits: torch.Tensor
+    fg: torch.Tensor
+    bg: torch.Tensor
+
+
+class SynSeg(nn.Module):
+    """Open-vocabulary segmentation: one logit map per category, from an image and K text embeddings.
+
+    CLIP is frozen and always in eval mode; only ``decoder`` (reductions, FiLM, blocks, upsampler) and
+    ``projector`` are trainable. The image encoder runs once per image whatever K is.
+    """
+
+    def __init__(self, config: SynSegConfig):
+        super().__init__()
+        self.config = config
+        self.clip = build_clip(config)
+        self.clip.requires_grad_(False)
+        visual = self.clip.visual
+        if max(config.extract_layers) >= len(visual.transformer.resblocks):
+            raise ValueError(f"extract_layers {config.extract_layers} exceed the "
+                             f"{len(visual.transformer.resblocks)} blocks of the CLIP visual encoder")
+        self.patch_size = int(visual.patch_size[0])
+        self.text_dim = int(self.clip.text_projection.shape[-1])
+        width = int(visual.conv1.out_channels)
+        self.decoder = Decoder(config, width, self.text_dim, self.patch_size)
+        self.projector = Projector(config, self.text_dim)
+        self._tokenizer = get_tokenizer(config)
+        self.clip.eval()
+
+    def train(self, mode: bool = True) -> "SynSeg":
+        super().train(mode)
+        self.clip.eval()  # frozen: dropout and norms of CLIP never switch to training behaviour
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimiser should see: decoder (with FiLM) and projector."""
+        return [*self.decoder.parameters(), *self.projector.parameters()]
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """CLIP activations of ``config.extract_layers``, each (B, 1 + h*w, width), for (B, 3, H, W) images."""
+        return visual_activations(self.clip.visual, images, self.config.extract_layers)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Raw (unnormalised) projected CLIP text embeddings of literal prompts: (P, D)."""
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        device = self.clip.text_projection.device
+        return self.clip.encode_text(self._tokenizer(list(prompts)).to(device), normalize=False).float()
+
+    def encode_text(self, labels: list[str], templates: list[str] | tuple[str, ...] | None = None) -> torch.Tensor:
+        """Conditioning vectors t_k, (K, D): the raw embeddings of each label's prompts, averaged over templates.
+
+        Not normalised: CLIPSeg's FiLM was trained on raw vectors (method.md section 1).
+        """
+        templates = tuple(templates or self.config.prompt_templates)
+        if not labels:
+            raise ValueError("no labels to encode")
+        emb = self.encode_prompts([t.format(label) for label in labels for t in templates])
+        return emb.reshape(len(labels), len(templates), -1).mean(dim=1)
+
+    def decode(self, activations: list[torch.Tensor], text: torch.Tensor, image_size: tuple[int, int],
+               return_synergy: bool = False) -> torch.Tensor | SynSegOutput:
+        """Decode cached activations for text (K, D) or (B, K, D); see ``forward``."""
+        b = activations[0].shape[0]
+        if text.dim() == 2:
+            text = text.expand(b, *text.shape)
+        if text.dim() != 3 or text.shape[0] != b or text.shape[-1] != self.text_dim:
+            raise ValueError(f"text must be (K, {self.text_dim}) or ({b}, K, {self.text_dim}), "
+                             f"got {tuple(text.shape)}")
+        grid = (image_size[0] // self.patch_size, image_size[1] // self.patch_size)
+        logits, conditional = self.decoder(activations, text.to(activations[0].dtype), grid)
+        if tuple(logits.shape[-2:]) != tuple(image_size):
+            # Inputs not divisible by the patch size: the token grid covers slightly less than the image.
+            logits = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
+        if not return_synergy:
+            return logits
+        k = text.shape[1]
+        fg, bg = synergy_features(self.projector(conditional), torch.sigmoid(logits.flatten(0, 1)))
+        return SynSegOutput(logits, fg.reshape(b, k, -1), bg.reshape(b, k, -1))
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor,
+                return_synergy: bool = False) -> torch.Tensor | SynSegOutput:
+        """Segment K categories in B images.
+
+        Args:
+            images: (B, 3, H, W) float, normalised with ``config.mean``/``config.std``.
+            text: (K, D) shared by all images, or (B, K, D) per image (e.g. each image's caption labels).
+            return_synergy: also return the FSS synergy features (training).
+        Returns:
+            logits (B, K, H, W); or a ``SynSegOutput`` with logits, fg and bg (B, K, D).
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        return self.decode(self.encode_image(images), text, tuple(images.shape[-2:]), return_synergy)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SynSeg":
+        """Load a model saved with ``save_checkpoint`` (safetensors)."""
+        from .weights import load_checkpoint
+        return load_checkpoint(path, device=device)

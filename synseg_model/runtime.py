@@ -1,0 +1,132 @@
+"""The inference runtime: RGB frames in, one mask per category of a changeable vocabulary out."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import SynSeg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segmentation:
+    """Result of ``Segmenter.segment`` for an H x W image and K labels.
+
+    Attributes:
+        labels: the K labels, in the order of the arrays below.
+        probabilities: (K, H, W) float32 activation maps sigmoid(logits), at the input resolution.
+        masks: (K, H, W) bool, ``probabilities > threshold``; a pixel may be in several masks.
+        scores: (K,) float32, the highest activation of each category.
+    """
+
+    labels: list[str]
+    probabilities: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return device
+
+
+class Segmenter:
+    """Runs a SynSeg model on frames. The vocabulary is encoded once, when it changes.
+
+    ``set_vocabulary`` builds the new text embeddings before swapping them in with one assignment, so a
+    thread calling ``segment`` always sees a complete (labels, embeddings) pair.
+    """
+
+    def __init__(self, model: SynSeg, device: str | torch.device = "auto", backend: str = "auto",
+                 threshold: float = 0.5, max_categories: int = 32, input_size: int | None = None):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if max_categories < 1:
+            raise ValueError(f"max_categories must be at least 1, got {max_categories}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.threshold = float(threshold)
+        self.max_categories = int(max_categories)
+        self.input_size = int(input_size or model.config.image_size)
+        self.backend_name = "torch" if backend == "auto" else backend
+        if self.backend_name != "torch":
+            raise ValueError(f"unknown backend {backend!r}")
+        log.info("Segmenter: backend=%s device=%s input_size=%d", self.backend_name, self.device, self.input_size)
+        cfg = model.config
+        self._mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._vocab: tuple[list[str], torch.Tensor | None] = ([], None)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "auto",
+                        backend: str = "auto", **kwargs) -> "Segmenter":
+        """A Segmenter over a project checkpoint; ``path=None`` loads the offline default model."""
+        from .weights import default_checkpoint_path, load_checkpoint
+        model = load_checkpoint(default_checkpoint_path() if path is None else path)
+        return cls(model, device=device, backend=backend, **kwargs)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return list(self._vocab[0])
+
+    def set_vocabulary(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Encode ``labels`` (with ``templates`` or the model's) and make them the vocabulary."""
+        labels = [str(label) for label in labels]
+        if not labels:
+            raise ValueError("the vocabulary is empty")
+        if len(labels) > self.max_categories:
+            raise ValueError(f"{len(labels)} labels exceed max_categories={self.max_categories}")
+        if any(not label.strip() for label in labels):
+            raise ValueError("the vocabulary has a blank label")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"the vocabulary has duplicate labels: {labels}")
+        with torch.no_grad():
+            text = self.model.encode_text(labels, templates).to(self.device)
+        self._vocab = (labels, text)
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) RGB -> (1, 3, S, S) normalised float on the device (S = input_size)."""
+        if not isinstance(rgb, np.ndarray):
+            raise ValueError(f"image must be a numpy array, got {type(rgb).__name__}")
+        if rgb.dtype != np.uint8:
+            raise ValueError(f"image must be uint8, got {rgb.dtype}")
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"image must be H x W x 3 RGB, got shape {rgb.shape}")
+        if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise ValueError(f"image is empty: shape {rgb.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float()
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        return (x - self._mean) / self._std
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The model alone: (B, 3, S, S) normalised images, (K, D) text -> (B, K, S, S) logits."""
+        return self.model(images, text)
+
+    @torch.no_grad()
+    def segment(self, rgb: np.ndarray) -> Segmentation:
+        """Segment the current vocabulary in one uint8 (H, W, 3) RGB frame."""
+        labels, text = self._vocab
+        if text is None:
+            raise ValueError("no vocabulary: call set_vocabulary(labels) first")
+        h, w = rgb.shape[:2] if isinstance(rgb, np.ndarray) else (0, 0)
+        logits = self.logits(self.preprocess(rgb), text)
+        logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+        probs = torch.sigmoid(logits)
+        scores = probs.flatten(1).amax(dim=1)
+        probs_np = probs.cpu().numpy()
+        return Segmentation(labels=list(labels), probabilities=probs_np, masks=probs_np > self.threshold,
+                            scores=scores.cpu().numpy().astype(np.float32))

@@ -1,0 +1,247 @@
+"""Weights I/O: the project's checkpoint format, original CLIPSeg decoder files, Hugging Face CLIPSeg.
+
+Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .clip import read_state_dict
+from .config import SynSegConfig
+from .model import SynSeg
+
+log = logging.getLogger(__name__)
+
+FORMAT = "synseg"
+FORMAT_VERSION = "1"
+TRAINABLE_PREFIXES = ("decoder.", "projector.")
+DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "synseg-shapes.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A weights file is missing, unreadable, or does not fit the model; the message names file and key."""
+
+
+def default_checkpoint_path() -> Path:
+    """The offline default model shipped with the package (trained in the shapes world)."""
+    return DEFAULT_CHECKPOINT
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                     path: str | Path, allow_missing: bool = False) -> None:
+    """Raise CheckpointError naming ``path`` and the first missing, unexpected or mis-shaped key."""
+    for key in sorted(given):
+        if key not in expected:
+            raise CheckpointError(f"{path}: unexpected key {key!r}")
+        if tuple(given[key].shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{path}: shape mismatch for {key!r}: file {tuple(given[key].shape)}, "
+                                  f"model {tuple(expected[key].shape)}")
+    if not allow_missing:
+        missing = sorted(set(expected) - set(given))
+        if missing:
+            raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing)")
+
+
+def _trainable_state(model: SynSeg) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+
+
+def save_checkpoint(model: SynSeg, path: str | Path, card: Mapping[str, Any] | None = None,
+                    include_clip: bool | None = None) -> Path:
+    """Write ``model`` in the project's format: a safetensors file written atomically.
+
+    It holds the trainable weights (decoder with FiLM, projector), plus CLIP's when CLIP cannot be had
+    from its config alone (``include_clip=None`` decides: CLIP is included unless ``clip_pretrained`` is
+    an open_clip tag). The metadata carries the ``SynSegConfig`` and a model card (JSON).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = model.config
+    if include_clip is None:
+        tag = config.clip_pretrained
+        include_clip = tag is None or Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors")
+    state = dict(_trainable_state(model))
+    if include_clip:
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("clip.")})
+        # The weights travel inside this file: a reader must not look for the original source.
+        config = config.replace(clip_pretrained=None)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "includes_clip": str(bool(include_clip)),
+                "config": json.dumps(config.to_dict()), "model_card": json.dumps(dict(card or {}))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[SynSegConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, model card, tensors) of a project checkpoint; CheckpointError names the file if it is bad."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # truncated file, bad header
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a SynSeg checkpoint (metadata format={meta.get('format')!r})")
+    try:
+        config = SynSegConfig.from_dict(json.loads(meta["config"]))
+        card = json.loads(meta.get("model_card", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad config in metadata: {exc}") from exc
+    return config, card, tensors
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SynSeg:
+    """Build the model a project checkpoint describes and load its weights (strict, with clear errors)."""
+    config, card, tensors = read_checkpoint(path)
+    model = SynSeg(config)
+    expected = model.state_dict()
+    has_clip = any(k.startswith("clip.") for k in tensors)
+    wanted = {k: v for k, v in expected.items() if has_clip or k.startswith(TRAINABLE_PREFIXES)}
+    check_state_dict(wanted, tensors, path)
+    model.load_state_dict(tensors, strict=False)
+    model.model_card = card
+    return model.to(device).eval()
+
+
+def load_clipseg_decoder(model: SynSeg, path: str | Path) -> None:
+    """Load an original CLIPSeg decoder file (``rd64-uni.pth``, ``rd64-uni-refined.pth``) into ``model``.
+
+    Those files hold the decoder only, under the same names as ``model.decoder``; their ``reduce.*`` tensors
+    belong to a layer CLIPSeg never uses and are skipped.
+    """
+    path = Path(path)
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("reduce.")}
+    expected = model.decoder.state_dict()
+    if any(k.startswith("trans_conv.0") for k in state) != any(k.startswith("trans_conv.0") for k in expected):
+        kind = "refined" if any(k.startswith("trans_conv.0") for k in state) else "uni"
+        raise CheckpointError(f"{path}: file has a '{kind}' upsampler but the model's config says "
+                              f"{model.config.upsampler!r}")
+    check_state_dict(expected, state, path)
+    model.decoder.load_state_dict(state)
+
+
+# Hugging Face CLIPSeg ("CIDAS/clipseg-rd64-refined") -> SynSeg.
+
+def hf_clipseg_config(hf: Mapping[str, Any]) -> SynSegConfig:
+    """SynSegConfig equivalent to a Hugging Face ``CLIPSegConfig`` (as a dict, e.g. its config.json)."""
+    vision, text = hf["vision_config"], hf["text_config"]
+    if vision.get("hidden_act") != text.get("hidden_act"):
+        raise ValueError("CLIP towers with different activations are not supported")
+
+    def tower(c: Mapping[str, Any]) -> dict[str, Any]:
+        return {"width": c["hidden_size"], "layers": c["num_hidden_layers"],
+                "mlp_ratio": c["intermediate_size"] / c["hidden_size"]}
+
+    clip_config = {
+        "embed_dim": hf["projection_dim"],
+        "quick_gelu": vision.get("hidden_act") == "quick_gelu",
+        "vision_cfg": {**tower(vision), "image_size": vision["image_size"], "patch_size": vision["patch_size"],
+                       "head_width": vision["hidden_size"] // vision["num_attention_heads"]},
+        "text_cfg": {**tower(text), "heads": text["num_attention_heads"],
+                     "context_length": text["max_position_embeddings"], "vocab_size": text["vocab_size"]},
+    }
+    return SynSegConfig(
+        clip_config=clip_config, clip_pretrained=None, extract_layers=tuple(hf["extract_layers"]),
+        reduce_dim=hf["reduce_dim"], decoder_heads=hf["decoder_num_attention_heads"],
+        decoder_ff_dim=hf["decoder_intermediate_size"], decoder_activation="relu",
+        decoder_dropout=hf.get("decoder_attention_dropout", 0.0) or 0.0,
+        upsampler="refined" if hf.get("use_complex_transposed_convolution") else "uni",
+        image_size=352)
+
+
+def _attention(dst: dict, src: Mapping[str, torch.Tensor], d: str, s: str) -> None:
+    for kind in ("weight", "bias"):
+        dst[f"{d}.in_proj_{kind}"] = torch.cat([src[f"{s}.{p}_proj.{kind}"] for p in "qkv"])
+        dst[f"{d}.out_proj.{kind}"] = src[f"{s}.out_proj.{kind}"]
+
+
+def _copy(dst: dict, src: Mapping[str, torch.Tensor], d: str, s: str) -> None:
+    for kind in ("weight", "bias"):
+        if f"{s}.{kind}" in src:
+            dst[f"{d}.{kind}"] = src[f"{s}.{kind}"]
+
+
+def convert_hf_clipseg(state: Mapping[str, torch.Tensor], hf: Mapping[str, Any]) -> tuple[SynSegConfig, dict]:
+    """Rename a Hugging Face CLIPSeg state dict into SynSeg's (open_clip CLIP + CLIPSeg-named decoder).
+
+    Returns the equivalent config and a state dict for ``SynSeg.load_state_dict`` (projector excluded:
+    CLIPSeg has none).
+    """
+    config = hf_clipseg_config(hf)
+    out: dict[str, torch.Tensor] = {}
+    vm, tm = "clip.vision_model", "clip.text_model"
+    out["clip.visual.class_embedding"] = state[f"{vm}.embeddings.class_embedding"]
+    out["clip.visual.conv1.weight"] = state[f"{vm}.embeddings.patch_embedding.weight"]
+    out["clip.visual.positional_embedding"] = state[f"{vm}.embeddings.position_embedding.weight"]
+    _copy(out, state, "clip.visual.ln_pre", f"{vm}.pre_layrnorm")
+    _copy(out, state, "clip.visual.ln_post", f"{vm}.post_layernorm")
+    out["clip.visual.proj"] = state["clip.visual_projection.weight"].t()
+    out["clip.token_embedding.weight"] = state[f"{tm}.embeddings.token_embedding.weight"]
+    out["clip.positional_embedding"] = state[f"{tm}.embeddings.position_embedding.weight"]
+    _copy(out, state, "clip.ln_final", f"{tm}.final_layer_norm")
+    out["clip.text_projection"] = state["clip.text_projection.weight"].t()
+    out["clip.logit_scale"] = state["clip.logit_scale"]
+    for ours, theirs, cfg in (("clip.visual.transformer", f"{vm}.encoder", hf["vision_config"]),
+                              ("clip.transformer", f"{tm}.encoder", hf["text_config"])):
+        for i in range(cfg["num_hidden_layers"]):
+            d, s = f"{ours}.resblocks.{i}", f"{theirs}.layers.{i}"
+            _attention(out, state, f"{d}.attn", f"{s}.self_attn")
+            _copy(out, state, f"{d}.ln_1", f"{s}.layer_norm1")
+            _copy(out, state, f"{d}.ln_2", f"{s}.layer_norm2")
+            _copy(out, state, f"{d}.mlp.c_fc", f"{s}.mlp.fc1")
+            _copy(out, state, f"{d}.mlp.c_proj", f"{s}.mlp.fc2")
+    for name in ("film_mul", "film_add"):
+        _copy(out, state, f"decoder.{name}", f"decoder.{name}")
+    for i in range(len(hf["extract_layers"])):
+        _copy(out, state, f"decoder.reduces.{i}", f"decoder.reduces.{i}")
+        d, s = f"decoder.blocks.{i}", f"decoder.layers.{i}"
+        _attention(out, state, f"{d}.self_attn", f"{s}.self_attn")
+        _copy(out, state, f"{d}.norm1", f"{s}.layer_norm1")
+        _copy(out, state, f"{d}.norm2", f"{s}.layer_norm2")
+        _copy(out, state, f"{d}.linear1", f"{s}.mlp.fc1")
+        _copy(out, state, f"{d}.linear2", f"{s}.mlp.fc2")
+    if config.upsampler == "uni":
+        _copy(out, state, "decoder.trans_conv", "decoder.transposed_convolution")
+    else:
+        for i in (0, 2, 4):
+            _copy(out, state, f"decoder.trans_conv.{i}", f"decoder.transposed_convolution.{i}")
+    return config, out
+
+
+def load_hf_clipseg(directory: str | Path, device: str | torch.device = "cpu") -> SynSeg:
+    """Build a SynSeg from a Hugging Face CLIPSeg folder (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``), e.g. a local copy of ``CIDAS/clipseg-rd64-refined``. The projector stays at its
+    initialisation (CLIPSeg has none)."""
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    try:
+        hf = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_file}: cannot read Hugging Face config: {exc}") from exc
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            state = read_state_dict(directory / name)
+            break
+    else:
+        raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    config, converted = convert_hf_clipseg(state, hf)
+    model = SynSeg(config)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("projector.")}
+    check_state_dict(expected, converted, directory)
+    model.load_state_dict(converted, strict=False)
+    return model.to(device).eval()

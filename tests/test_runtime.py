@@ -1,0 +1,56 @@
+"""Segmenter: the inference API and its input checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synseg_model import Segmenter
+
+
+@pytest.fixture
+def segmenter(tiny_model):
+    seg = Segmenter(tiny_model, device="cpu", threshold=0.5, max_categories=4)
+    seg.set_vocabulary(["circle", "grass"])
+    return seg
+
+
+def test_segment_shapes_and_types(segmenter):
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    out = segmenter.segment(rgb)
+    assert out.labels == ["circle", "grass"]
+    assert out.probabilities.shape == out.masks.shape == (2, 48, 80)
+    assert out.probabilities.dtype == np.float32 and out.masks.dtype == bool
+    assert out.scores.shape == (2,) and out.scores.dtype == np.float32
+    np.testing.assert_array_equal(out.masks, out.probabilities > 0.5)
+    np.testing.assert_allclose(out.scores, out.probabilities.reshape(2, -1).max(1))
+
+
+def test_vocabulary_change(segmenter):
+    segmenter.set_vocabulary(["star"])
+    assert segmenter.segment(np.zeros((10, 10, 3), np.uint8)).labels == ["star"]
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((10, 10, 3), np.float32), "uint8"),
+    (np.zeros((10, 10), np.uint8), "H x W x 3"),
+    (np.zeros((10, 10, 4), np.uint8), "H x W x 3"),
+    (np.zeros((0, 10, 3), np.uint8), "empty"),
+    ([[0]], "numpy array"),
+])
+def test_bad_images_raise(segmenter, image, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter.segment(image)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([], "empty"), (["a", " "], "blank"), (["a", "a"], "duplicate"), (list("abcde"), "max_categories"),
+])
+def test_bad_vocabulary_raises_and_keeps_the_old(segmenter, labels, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter.set_vocabulary(labels)
+    assert segmenter.vocabulary == ["circle", "grass"]
+
+
+def test_no_vocabulary_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match="no vocabulary"):
+        Segmenter(tiny_model, device="cpu").segment(np.zeros((8, 8, 3), np.uint8))
