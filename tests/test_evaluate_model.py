@@ -1,0 +1,118 @@
+"""evaluate_model with the real (tiny, random) SynSeg, and the command line end to end."""
+import copy
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from eval_fixtures import DEFAULT_ROOTS, STEMS, class_labels, write_dataset, write_label_png, write_predictions
+from training.evaluate import evaluate_model, main
+from training.datasets import load_reference_results
+
+SMALL = ["--short-side", "8", "--crop-size", "8", "--stride", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    """A private copy of the session's tiny random SynSeg (these tests switch its mode)."""
+    return copy.deepcopy(tiny_model)
+
+
+def test_tiny_synseg_on_voc(tiny, tmp_path):
+    write_dataset("voc", tmp_path)
+    tiny.train()
+    result = evaluate_model(tiny, "voc", tmp_path, short_side=8, crop_size=8, stride=4, device="cpu")
+    assert tiny.training  # the model comes back in the mode it was given
+    assert set(result) == {"dataset", "miou", "aacc", "per_class", "num_images", "settings", "timing"}
+    assert list(result["per_class"])[:2] == ["background", "aeroplane"] and len(result["per_class"]) == 21
+    assert 0.0 <= result["miou"] <= 100.0 and 0.0 <= result["aacc"] <= 100.0
+    settings = result["settings"]
+    assert (settings["templates"], settings["num_templates"], settings["bg_thresh"]) == ("tcl", 9, 0.5)
+    assert (settings["short_side"], settings["crop_size"], settings["stride"]) == (8, 8, 4)
+    assert "not L2-normalised" in settings["text_embedding"] and settings["class_names"] == "mmseg"
+    again = evaluate_model(tiny, "voc", tmp_path, short_side=8, crop_size=8, stride=4)
+    assert again["per_class"] == result["per_class"]  # deterministic in eval mode
+
+
+def test_text_is_encoded_once_with_the_chosen_names_and_templates(tiny, tmp_path, monkeypatch):
+    write_dataset("voc", tmp_path)
+    calls = []
+    original = tiny.encode_text
+
+    def spy(labels, templates=None):
+        calls.append((list(labels), list(templates)))
+        return original(labels, templates)
+
+    monkeypatch.setattr(tiny, "encode_text", spy)
+    evaluate_model(tiny, "voc", tmp_path, templates="simple", class_names_variant="readable", short_side=8,
+                   crop_size=8, stride=8)
+    assert len(calls) == 1
+    names, templates = calls[0]
+    assert templates == ["a photo of a {}."] and "dining table" in names and "background" not in names
+
+
+def test_shapes_world_spec_single_window(tiny, tmp_path, monkeypatch):
+    spec = tmp_path / "shapes.yaml"
+    spec.write_text("name: shapes\nlayout: voc\nbackground: false\nclasses: [grass, sand, circle, square]\n")
+    root = tmp_path / "shapes"
+    write_dataset("voc", root, image_size=(64, 64))
+    for stem in STEMS["voc"]:
+        write_label_png(root / "SegmentationClass" / f"{stem}.png", np.arange(64 * 64).reshape(64, 64) % 4,
+                        palette=True)
+    shapes = []
+    original = tiny.encode_image
+    monkeypatch.setattr(tiny, "encode_image", lambda x: shapes.append(tuple(x.shape)) or original(x))
+    result = evaluate_model(tiny, spec, root, short_side=64, crop_size=64, stride=32)
+    assert shapes == [(1, 3, 64, 64)] * 2  # one 64x64 window per image
+    assert result["dataset"] == "shapes" and list(result["per_class"]) == ["grass", "sand", "circle", "square"]
+
+
+def test_cli_with_a_model_writes_json_and_panels(tmp_path, capsys):
+    write_dataset("context60", tmp_path / "data")
+    out, vis = tmp_path / "out.json", tmp_path / "vis"
+    assert main(["--dataset", "context60", "--data-root", str(tmp_path / "data"), "--model", "synseg-tiny",
+                 "--device", "cpu", "--json", str(out), "--save-vis", str(vis), "--no-progress", *SMALL]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "context60" and result["num_images"] == 2
+    assert result["settings"]["model"].startswith("synseg-tiny")
+    assert "mIoU" in capsys.readouterr().out
+    panel = cv2.imread(str(vis / "context60" / f"{STEMS['context60'][0]}.png"))
+    assert panel.shape[1] == 3 * 8 and panel.shape[0] > 6  # image | prediction | ground truth + captions
+
+
+def test_cli_checkpoint_round_trip(tiny, tmp_path):
+    from synseg_model import save_checkpoint
+    write_dataset("cityscapes", tmp_path / "data")
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny, checkpoint)
+    out = tmp_path / "out.json"
+    main(["--dataset", "cityscapes", "--data-root", str(tmp_path / "data"), "--checkpoint", str(checkpoint),
+          "--device", "cpu", "--json", str(out), "--no-progress", *SMALL])
+    expected = evaluate_model(tiny, "cityscapes", tmp_path / "data", short_side=8, crop_size=8, stride=4)
+    assert json.loads(out.read_text())["per_class"] == pytest.approx(expected["per_class"])
+
+
+def test_cli_all_prints_the_paper_row(tmp_path, capsys):
+    reference = load_reference_results()
+    for dataset in reference["datasets"].values():
+        write_dataset(dataset, tmp_path / "data" / DEFAULT_ROOTS[dataset])
+        write_predictions(dataset, tmp_path / "pred" / dataset, class_labels(dataset))
+    out = tmp_path / "all.json"
+    assert main(["--dataset", "all", "--data-root", str(tmp_path / "data"), "--predictions",
+                 str(tmp_path / "pred"), "--json", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["datasets"]) == {"voc", "context59", "coco_object", "coco_stuff", "cityscapes"}
+    assert result["row"] == pytest.approx({"VOC": 100, "Context": 100, "Object": 100, "Stuff": 100,
+                                           "City": 100, "Avg": 100})
+    printed = capsys.readouterr().out
+    assert "SynSeg (paper)" in printed and "TCL (paper)" in printed and "62.2" in printed and "33.4" in printed
+
+
+def test_cli_input_errors_exit_2_naming_the_file(tmp_path, capsys):
+    write_dataset("voc", tmp_path / "data")
+    missing = tmp_path / "data" / "JPEGImages" / f"{STEMS['voc'][0]}.jpg"
+    missing.unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "voc", "--data-root", str(tmp_path / "data"), "--predictions", str(tmp_path)])
+    assert exit_info.value.code == 2 and str(missing) in capsys.readouterr().err
