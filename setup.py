@@ -7,9 +7,20 @@ setup(
     description="Open-vocabulary semantic segmentation (SynSeg) for robots",
     packages=find_packages(include=["synseg_model*", "synseg_ros*", "training*"]),
     include_package_data=True,
-    package_data={"synseg_model": ["model_configs/*.yaml", "model_configs/*.json", "weights/*"]},
+    package_data={"synseg_model": ["model_configs/*.yaml", "model_configs/*.json", "weights/*"],
+                  "training": ["datasets/*.yaml", "datasets/specs/*.yaml", "data/*"]},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "open_clip_torch", "numpy", "opencv-python-headless",
                       "PyYAML", "safetensors", "tqdm"],
-    entry_points={"console_scripts": []},
+    # For ROS 2 tools (ros2 launch/run) when installed with pip; colcon installs the same from CMakeLists.txt.
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/synseg_ros"]),
+        ("share/synseg_ros", ["package.xml"]),
+        ("share/synseg_ros/launch", ["launch/segment.launch.py"]),
+        ("share/synseg_ros/config", ["config/synseg.yaml", "config/fastdds_loopback.xml"]),
+    ],
+    entry_points={"console_scripts": [
+        "synseg_node = synseg_ros.node:main",
+        "synseg_image_folder_publisher = synseg_ros.image_folder_publisher:main",
+    ]},
 )

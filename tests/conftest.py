@@ -12,3 +12,69 @@ def tiny_model() -> SynSeg:
     """A tiny random SynSeg (64 px, patch 8). Do not mutate it: copy it first (``copy.deepcopy``)."""
     torch.manual_seed(0)
     return create_model("synseg-tiny").eval()
+
+
+# --- ROS 2 (synseg_ros) -------------------------------------------------------------------------------------
+# Tests marked `ros` start rclpy. They run only under the network rule (scripts/sandbox, which `make test`
+# uses) and against the colcon install space that `make setup` builds. `make test` puts its libraries on
+# LD_LIBRARY_PATH (the loader reads that at process start, so it cannot be set from here); this file adds its
+# Python folder at the end of sys.path, where `synseg_ros/__init__.py` finds the generated msg/ module, and the
+# repository root at the front, so that the code under test is this checkout's, not the install space's copy.
+# Node processes started by the tests get that folder on PYTHONPATH and run from the repository root.
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ROS_INSTALL = REPO_ROOT / "install" / "synseg_ros"
+ROS_PYTHON_DIRS = sorted(str(p) for p in ROS_INSTALL.glob("lib/python3*/site-packages"))
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+sys.path.extend(p for p in ROS_PYTHON_DIRS if p not in sys.path)
+# Camera-sized frames between processes need the big shared-memory segment (see config/fastdds_loopback.xml).
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_loopback.xml"))
+
+_RUN_ROS_TESTS = ("run them with `make test`, or `LD_LIBRARY_PATH=$PWD/install/synseg_ros/lib "
+                  "scripts/sandbox .venv/bin/python -m pytest ...` after `make setup`")
+
+
+def ros_environment_problem() -> str | None:
+    """Why rclpy tests must not run in this process, or None when the network rule and the build are in force."""
+    if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
+        return "ROS_AUTOMATIC_DISCOVERY_RANGE is not LOCALHOST: DDS discovery could leave this machine"
+    if os.geteuid() == 0:
+        # Asked of the kernel for this process's network namespace (/sys/class/net may show the host's).
+        interfaces = sorted(name for _, name in socket.if_nameindex())
+        if interfaces != ["lo"]:
+            return f"network interfaces {interfaces} are visible: ROS tests run in a namespace with only lo"
+    if not ROS_PYTHON_DIRS:
+        return f"{ROS_INSTALL} has no Python folder: the message is not built (make setup builds it)"
+    library_dir = ROS_INSTALL / "lib"
+    if str(library_dir) not in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
+        return f"{library_dir} is not on LD_LIBRARY_PATH"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ros_network_rule() -> None:
+    """Fail, with the way to run them, unless rclpy may start here; every fixture that starts rclpy uses it."""
+    problem = ros_environment_problem()
+    if problem:
+        pytest.fail(f"refusing to start rclpy: {problem}; {_RUN_ROS_TESTS}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _ros_marker_check(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("ros") is not None:
+        request.getfixturevalue("ros_network_rule")
+
+
+@pytest.fixture(scope="session")
+def ros_context(ros_network_rule: None):
+    """rclpy initialised once for the in-process ROS tests."""
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()

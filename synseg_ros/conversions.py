@@ -1,0 +1,139 @@
+"""sensor_msgs/Image fields <-> numpy arrays, without ROS.
+
+Functions here take and return plain values (an object with the Image fields ``height``, ``width``,
+``encoding``, ``is_bigendian``, ``step``, ``data``, or a dict of them), so they are tested without rclpy and
+shared by the node, the camera-source node and the tests. Every malformed input raises ``ImageFormatError``
+with a reason; none can crash the caller with anything else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+__all__ = ["ImageFormatError", "SUPPORTED_ENCODINGS", "image_to_rgb", "rgb_to_image_fields", "mono8_fields",
+           "check_image_layout"]
+
+
+class ImageFormatError(ValueError):
+    """An image message that cannot be decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    channels: int                                   # bytes per pixel (all supported encodings are 8 bit)
+    to_rgb: Callable[[np.ndarray], np.ndarray]      # (H, W, channels) or (H, W) uint8 -> (H, W, 3) uint8
+    from_rgb: Callable[[np.ndarray], np.ndarray]    # (H, W, 3) uint8 -> (H, W, channels) or (H, W) uint8
+
+
+def _cvt(code: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda array: cv2.cvtColor(array, code)
+
+
+# ROS names (sensor_msgs/image_encodings.hpp): "yuv422" is UYVY byte order and "yuv422_yuy2" is YUYV;
+# newer distributions also name them "uyvy" and "yuyv".
+_UYVY = _Encoding(2, _cvt(cv2.COLOR_YUV2RGB_UYVY), _cvt(cv2.COLOR_RGB2YUV_UYVY))
+_YUYV = _Encoding(2, _cvt(cv2.COLOR_YUV2RGB_YUYV), _cvt(cv2.COLOR_RGB2YUV_YUYV))
+_ENCODINGS: dict[str, _Encoding] = {
+    "rgb8": _Encoding(3, lambda a: a, lambda a: a),
+    "bgr8": _Encoding(3, _cvt(cv2.COLOR_BGR2RGB), _cvt(cv2.COLOR_RGB2BGR)),
+    "rgba8": _Encoding(4, _cvt(cv2.COLOR_RGBA2RGB), _cvt(cv2.COLOR_RGB2RGBA)),
+    "bgra8": _Encoding(4, _cvt(cv2.COLOR_BGRA2RGB), _cvt(cv2.COLOR_RGB2BGRA)),
+    "mono8": _Encoding(1, _cvt(cv2.COLOR_GRAY2RGB), _cvt(cv2.COLOR_RGB2GRAY)),
+    "yuv422": _UYVY,
+    "uyvy": _UYVY,
+    "yuv422_yuy2": _YUYV,
+    "yuyv": _YUYV,
+}
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
+_PACKED_422 = (_UYVY, _YUYV)
+
+
+def _field(image: Any, name: str) -> Any:
+    return image[name] if isinstance(image, dict) else getattr(image, name)
+
+
+def check_image_layout(height: int, width: int, encoding: str, step: int, data_size: int,
+                       max_pixels: int | None = None) -> _Encoding:
+    """Validate the declared layout of an image against its data; returns the encoding's description.
+
+    Raises:
+        ImageFormatError: unsupported encoding, zero or oversized dimensions, a step shorter than a row,
+            odd width for a 4:2:2 encoding, or a data size that does not match ``step * height``.
+    """
+    codec = _ENCODINGS.get(encoding)
+    if codec is None:
+        raise ImageFormatError(f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    if height <= 0 or width <= 0:
+        raise ImageFormatError(f"empty image: {width}x{height}")
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageFormatError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    if codec in _PACKED_422 and width % 2:
+        raise ImageFormatError(f"{encoding} needs an even width, got {width}")
+    row = width * codec.channels
+    if step < row:
+        raise ImageFormatError(f"step {step} is shorter than one row of {width} {encoding} pixels ({row} bytes)")
+    if data_size != step * height:
+        raise ImageFormatError(f"data has {data_size} bytes, expected step * height = {step} * {height}"
+                               f" = {step * height}")
+    return codec
+
+
+def image_to_rgb(image: Any, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a sensor_msgs/Image (or an object/dict with its fields) into RGB.
+
+    Args:
+        image: has ``height``, ``width``, ``encoding``, ``step``, ``data`` (bytes-like); ``is_bigendian`` is
+            irrelevant for 8-bit encodings.
+        max_pixels: reject images with more pixels than this (None: no limit).
+
+    Returns:
+        (H, W, 3) uint8 RGB array (a new array, or a view of ``data`` for rgb8 with no row padding).
+
+    Raises:
+        ImageFormatError: see ``check_image_layout``.
+    """
+    height, width, step = int(_field(image, "height")), int(_field(image, "width")), int(_field(image, "step"))
+    encoding = str(_field(image, "encoding"))
+    data = _field(image, "data")
+    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
+    codec = check_image_layout(height, width, encoding, step, buffer.size, max_pixels)
+    rows = buffer.reshape(height, step)[:, : width * codec.channels]
+    pixels = rows.reshape(height, width) if codec.channels == 1 else rows.reshape(height, width, codec.channels)
+    return codec.to_rgb(pixels)
+
+
+def rgb_to_image_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict[str, Any]:
+    """Encode an RGB array as the fields of a sensor_msgs/Image (no header).
+
+    Args:
+        rgb: (H, W, 3) uint8.
+        encoding: one of ``SUPPORTED_ENCODINGS``.
+
+    Returns:
+        dict with ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step`` and ``data`` (bytes).
+    """
+    codec = _ENCODINGS.get(encoding)
+    if codec is None:
+        raise ImageFormatError(f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageFormatError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    encoded = np.ascontiguousarray(codec.from_rgb(np.ascontiguousarray(rgb)))
+    height, width = rgb.shape[:2]
+    return {"height": height, "width": width, "encoding": encoding, "is_bigendian": 0,
+            "step": width * codec.channels, "data": encoded.tobytes()}
+
+
+def mono8_fields(array: np.ndarray) -> dict[str, Any]:
+    """The fields of a mono8 sensor_msgs/Image holding a (H, W) uint8 or bool array (bool -> 0/255)."""
+    if array.ndim != 2:
+        raise ImageFormatError(f"expected an (H, W) array, got shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * np.uint8(255)
+    elif array.dtype != np.uint8:
+        raise ImageFormatError(f"expected a uint8 or bool array, got {array.dtype}")
+    height, width = array.shape
+    return {"height": height, "width": width, "encoding": "mono8", "is_bigendian": 0, "step": width,
+            "data": np.ascontiguousarray(array).tobytes()}

@@ -1,0 +1,198 @@
+"""The synseg node's parameters: one table with descriptors and ranges, and the checks behind it.
+
+``PARAMETERS`` is the single place a parameter is defined (name, default, description, range, whether it can
+change at run time). ``validate`` holds the checks the node's one set-parameters callback applies, and
+``coerce`` repairs what ``ros2 param set`` infers from a typed string before rclpy's type check sees it:
+``"person"`` -> a string, ``"[1, 2]"`` -> integers, ``"[]"`` -> booleans, ``threshold 1`` -> an integer.
+"""
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+# The offline default model was trained in the project's shapes world, so its class names are the default.
+DEFAULT_VOCABULARY = ["circle", "square", "triangle", "star", "cross", "ring", "grass", "water", "sand", "brick",
+                      "wood"]
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RELIABILITIES = ("best_effort", "reliable")
+# A label image stores label i as the value i in one byte, 0 meaning none.
+MAX_LABELS = 255
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its default and what its descriptor says."""
+
+    name: str
+    default: Any
+    description: str
+    dynamic: bool = True
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    # Type given explicitly where the default cannot carry it (an unset string array).
+    type_: Parameter.Type | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        """The rcl_interfaces ParameterDescriptor declared for this parameter."""
+        constraints = f"one of: {', '.join(self.choices)}" if self.choices else ""
+        if self.name == "vocabulary":
+            constraints = "non-empty, no blank or duplicate labels, at most max_categories labels"
+        desc = ParameterDescriptor(name=self.name, description=self.description, read_only=not self.dynamic,
+                                   additional_constraints=constraints,
+                                   # The vocabulary accepts what `ros2 param set` infers, so that the callback
+                                   # can reject booleans or numbers with a useful reason, not a type error.
+                                   dynamic_typing=self.name == "vocabulary")
+        if self.int_range is not None:
+            desc.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
+        if self.float_range is not None:
+            desc.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
+                                                            to_value=self.float_range[1], step=0.0)]
+        return desc
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("vocabulary", DEFAULT_VOCABULARY,
+              "Labels to segment, e.g. \"[person, chair]\". Changing it re-encodes the text off the image path "
+              "and applies it between two frames; every masks message names the labels it used."),
+    ParamSpec("prompt_templates", None,
+              "Prompt templates with {} for the label, averaged per label (unset: the model's own templates).",
+              type_=Parameter.Type.STRING_ARRAY),
+    ParamSpec("threshold", 0.5, "Activation above which a pixel is in a label's mask.", float_range=(0.0, 1.0)),
+    ParamSpec("checkpoint", "", "SynSeg checkpoint (.safetensors); empty: the offline default model.",
+              dynamic=False),
+    ParamSpec("device", "auto", "Where the model runs: auto (CUDA when available), cuda, cpu or cuda:N.",
+              dynamic=False),
+    ParamSpec("backend", "auto", "Inference backend (auto, torch, tensorrt, onnxruntime, ...; "
+              "what the installed synseg_model offers).", dynamic=False),
+    ParamSpec("precision", "auto", "Numeric precision; auto lets the backend choose.", dynamic=False,
+              choices=PRECISIONS),
+    ParamSpec("input_size", 0, "Side in pixels the model sees; 0: the model's native size.", dynamic=False,
+              int_range=(0, 4096)),
+    ParamSpec("max_categories", 32, "Largest vocabulary accepted.", dynamic=False, int_range=(1, MAX_LABELS)),
+    ParamSpec("publish_overlay", True, "Publish ~/overlay: rgb8 image with coloured masks and their labels."),
+    ParamSpec("publish_label_image", True,
+              "Publish ~/label_image: mono8, 0 = none, i = the i-th label (highest activation wins)."),
+    ParamSpec("publish_probabilities", False,
+              "Fill the probabilities field of ~/masks with mono8 activation maps."),
+    ParamSpec("overlay_alpha", 0.5, "Opacity of the mask colours in the overlay.", float_range=(0.0, 1.0)),
+    ParamSpec("max_rate_hz", 0.0, "Most frames segmented per second; 0: as fast as the model runs.",
+              float_range=(0.0, 1000.0)),
+    ParamSpec("max_image_pixels", 3840 * 2160, "Larger input images are rejected with a warning.",
+              int_range=(1, 1 << 28)),
+    ParamSpec("image_reliability", "best_effort",
+              "Reliability of the image subscription (REP-2003 sensor data is best_effort).", dynamic=False,
+              choices=RELIABILITIES),
+    ParamSpec("image_queue_depth", 1, "History depth of the image subscription.", dynamic=False,
+              int_range=(1, 100)),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", dynamic=False,
+              float_range=(0.1, 60.0)),
+)
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+STRING_ARRAYS = ("vocabulary", "prompt_templates")
+_ARRAY_TYPES = (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY, Parameter.Type.INTEGER_ARRAY,
+                Parameter.Type.DOUBLE_ARRAY, Parameter.Type.STRING_ARRAY)
+
+
+def declare_parameters(node: Any) -> None:
+    """Declare every parameter of the table on ``node`` (an rclpy Node), with its descriptor."""
+    for spec in PARAMETERS:
+        value = spec.type_ if spec.default is None else spec.default
+        node.declare_parameter(spec.name, value, spec.descriptor())
+
+
+def parse_label_list(text: str) -> list[str]:
+    """``"[person, 'traffic light']"`` or ``"person, chair"`` -> a list of labels (what YAML could not parse)."""
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    return [item.strip().strip("'\"").strip() for item in body.split(",")] if body.strip() else []
+
+
+def coerce(param: Parameter) -> Parameter:
+    """Repair the types ``ros2 param set`` infers, before rclpy checks them against the declared type.
+
+    - a string for a string array: parsed as a list (``"person"``, ``"[person, 3]"``);
+    - an empty list of any type for a string array: an empty string array (rejected later, with a reason);
+    - string-array entries: surrounding whitespace removed;
+    - an integer for a floating-point parameter: converted.
+    Everything else is returned unchanged.
+    """
+    spec = SPECS.get(param.name)
+    if spec is None:
+        return param
+    kind, value = param.type_, param.value
+    if spec.name in STRING_ARRAYS:
+        if kind == Parameter.Type.STRING:
+            return Parameter(param.name, Parameter.Type.STRING_ARRAY, parse_label_list(value))
+        if kind in _ARRAY_TYPES and len(value) == 0:
+            return Parameter(param.name, Parameter.Type.STRING_ARRAY, [])
+        if kind == Parameter.Type.STRING_ARRAY:
+            return Parameter(param.name, Parameter.Type.STRING_ARRAY, [str(v).strip() for v in value])
+    if spec.float_range is not None and kind == Parameter.Type.INTEGER:
+        return Parameter(param.name, Parameter.Type.DOUBLE, float(value))
+    return param
+
+
+def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
+    """Validate a vocabulary-like string list and return it.
+
+    Raises:
+        ValueError: not a list of strings (with a hint for what ``ros2 param set`` turned into booleans or
+            numbers), empty, blank or duplicate entries (case-insensitive, as CLIP's tokenizer is), or more
+            than ``max_count`` entries.
+    """
+    # rclpy hands numeric and boolean arrays over as array.array or lists.
+    items = list(value) if isinstance(value, (list, tuple, array.array)) else None
+    if items is None or not all(isinstance(v, str) for v in items):
+        items = items if items is not None else [value]
+        hint = ""
+        if items and all(isinstance(v, bool) for v in items):
+            hint = (" (ros2 param set reads yes/no/on/off/true/false as booleans: quote them, e.g. "
+                    f"{name} \"['yes', 'no']\")")
+        elif items and all(isinstance(v, (int, float)) for v in items):
+            hint = f" (numbers were given: quote them, e.g. {name} \"['1', '2']\")"
+        raise ValueError(f"{name} must be a list of strings, got {items!r}{hint}")
+    labels = items
+    if not labels:
+        raise ValueError(f"{name} must not be empty")
+    blank = [i for i, label in enumerate(labels) if not label.strip()]
+    if blank:
+        raise ValueError(f"{name} has blank entries at positions {blank}")
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = label.strip().casefold()
+        if key in seen:
+            raise ValueError(f"{name} has duplicate entries: {seen[key]!r} and {label!r}")
+        seen[key] = label
+    if max_count is not None and len(labels) > max_count:
+        raise ValueError(f"{name} has {len(labels)} entries, more than max_categories={max_count}")
+    return labels
+
+
+def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:
+    """Check one new parameter value against the table and the other settings.
+
+    Ranges and read-only flags are enforced by rclpy from the descriptors; this adds what they cannot say.
+
+    Raises:
+        ValueError: with the reason the set is rejected.
+    """
+    spec = SPECS.get(name)
+    if spec is None:
+        return
+    if name == "vocabulary":
+        check_labels(name, value, int(settings["max_categories"]))
+    elif name == "prompt_templates":
+        for template in check_labels(name, value, None):
+            if "{}" not in template:
+                raise ValueError(f"prompt template {template!r} has no {{}} where the label goes")
+    elif spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
+    elif name == "device" and not (value in DEVICES or str(value).startswith("cuda:")):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")

@@ -1,0 +1,166 @@
+"""Helpers for the ROS tests: node processes, a probe node spinning in the test process, bounded waits."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from synseg_ros import conversions
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 10.0            # every wait for discovery or a message
+STOP_TIMEOUT_S = 10.0
+
+
+def start_node(module: str, args: Sequence[str], log_path: Path) -> subprocess.Popen:
+    """``python -m module args`` from the repository root, output to a file.
+
+    The install space's Python folder goes on PYTHONPATH for the generated msg/ module; the working directory
+    comes first on sys.path, so the code itself is the checkout's.
+    """
+    install_python = [str(p) for p in (REPO_ROOT / "install" / "synseg_ros").glob("lib/python3*/site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(install_python + [os.environ.get("PYTHONPATH", "")])}
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    """SIGINT the process group, then SIGKILL it if it has not exited within STOP_TIMEOUT_S."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT_S, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def image_msg(rgb: np.ndarray, encoding: str, stamp: Any, frame_id: str = "camera") -> Image:
+    """A sensor_msgs/Image of ``rgb`` in ``encoding`` with the given stamp."""
+    msg = Image(**conversions.rgb_to_image_fields(rgb, encoding))
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    return msg
+
+
+class Probe:
+    """A node in the test process: publishes images, records the synseg node's outputs, calls its services.
+
+    Spins in a background thread; received messages are appended to ``self.received[topic]`` with their
+    arrival time (``time.time()``).
+    """
+
+    def __init__(self, name: str, image_topic: str, outputs: dict[str, type], target: str = "/synseg") -> None:
+        self.node = Node(name)
+        self.image_pub = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
+        self.received: dict[str, list[tuple[float, Any]]] = {topic: [] for topic in outputs}
+        self._lock = threading.Lock()
+        for topic, msg_type in outputs.items():
+            self.node.create_subscription(msg_type, topic, self._recorder(topic), 50)
+        self.set_client = self.node.create_client(SetParameters, f"{target}/set_parameters")
+        self.get_client = self.node.create_client(GetParameters, f"{target}/get_parameters")
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _recorder(self, topic: str) -> Callable[[Any], None]:
+        def record(msg: Any) -> None:
+            with self._lock:
+                self.received[topic].append((time.time(), msg))
+        return record
+
+    def messages(self, topic: str) -> list[Any]:
+        with self._lock:
+            return [msg for _, msg in self.received[topic]]
+
+    def clear(self) -> None:
+        with self._lock:
+            for items in self.received.values():
+                items.clear()
+
+    def now(self) -> Any:
+        return self.node.get_clock().now().to_msg()
+
+    def wait_for_node(self, timeout: float = TIMEOUT_S) -> None:
+        """Until the synseg node's parameter services and image subscription are matched."""
+        wait_until(lambda: self.set_client.service_is_ready() and self.get_client.service_is_ready()
+                   and self.image_pub.get_subscription_count() > 0, timeout, "the synseg node")
+
+    def call(self, client: Any, request: Any) -> Any:
+        future = client.call_async(request)
+        wait_until(future.done, TIMEOUT_S, f"a reply from {client.srv_name}")
+        return future.result()
+
+    def set_parameter(self, name: str, value: Any) -> Any:
+        """SetParameters with a ParameterValue typed as rclpy would type ``value``; returns the result."""
+        msg = Parameter(name, value=value).to_parameter_msg()
+        return self.call(self.set_client, SetParameters.Request(parameters=[msg])).results[0]
+
+    def set_raw_parameter(self, name: str, value: ParameterValue) -> Any:
+        """SetParameters with an explicit ParameterValue (what `ros2 param set` sends)."""
+        request = SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)])
+        return self.call(self.set_client, request).results[0]
+
+    def get_parameter(self, name: str) -> Any:
+        reply = self.call(self.get_client, GetParameters.Request(names=[name]))
+        return Parameter.from_parameter_msg(ParameterMsg(name=name, value=reply.values[0])).value
+
+    def publish_until(self, make_msg: Callable[[], Image], predicate: Callable[[], Any],
+                      period: float = 0.1, timeout: float = TIMEOUT_S, what: str = "a reply") -> Any:
+        """Publish ``make_msg()`` every ``period`` s until ``predicate()`` is truthy (best effort may drop)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.image_pub.publish(make_msg())
+            end = time.monotonic() + period
+            while time.monotonic() < end:
+                value = predicate()
+                if value:
+                    return value
+                time.sleep(0.01)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self.node.destroy_node()
+
+
+def latest_diagnostics(messages: Sequence[Any], node: str = "/synseg") -> dict[str, str]:
+    """Key/value pairs of the newest segmentation status of ``node`` in DiagnosticArray messages ({} if none)."""
+    for array in reversed(messages):
+        for status in array.status:
+            if status.name == f"{node}: segmentation":
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def mask_array(image: Image) -> np.ndarray:
+    """A mono8 Image as an (H, W) uint8 array."""
+    return np.frombuffer(bytes(image.data), dtype=np.uint8).reshape(image.height, image.step)[:, : image.width]

@@ -1,0 +1,253 @@
+"""The synseg node over real DDS on loopback, with a fake model in a separate process (tests/ros_fakes.py).
+
+The fake's activation for label i is colour channel i % 3, so each test knows which pixels every mask must
+hold. Run under the network rule: `make test` (see tests/conftest.py).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from sensor_msgs.msg import Image
+
+from tests.ros_helpers import Probe, image_msg, latest_diagnostics, mask_array, start_node, stop_node, wait_until
+
+pytestmark = pytest.mark.ros
+
+IMAGE_TOPIC = "/test/image_raw"
+H, W = 48, 64
+RED_BOX = (slice(10, 30), slice(8, 40))   # rows, columns
+
+
+def red_box_image() -> np.ndarray:
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[RED_BOX + (0,)] = 255
+    rgb[..., 2] = 90            # blue below the threshold everywhere
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def fake_node(ros_context, tmp_path_factory):
+    """A synseg node with the instant fake model, and a probe node talking to it."""
+    from synseg_ros.msg import SegmentationMasks
+
+    log = tmp_path_factory.mktemp("fake_node") / "node.log"
+    proc = start_node("tests.ros_fakes", ["--ros-args", "-r", f"image:={IMAGE_TOPIC}",
+                                          "-p", "vocabulary:=[red, green, blue]", "-p", "diagnostics_period:=0.2"],
+                      log)
+    probe = Probe("probe_fake", IMAGE_TOPIC, {"/synseg/masks": SegmentationMasks, "/synseg/label_image": Image,
+                                              "/synseg/overlay": Image, "/diagnostics": DiagnosticArray})
+    try:
+        probe.wait_for_node()
+        yield proc, probe
+    finally:
+        probe.close()
+        stop_node(proc)
+        print(log.read_text())
+
+
+def masks_with_stamp(probe: Probe, stamp) -> list:
+    return [m for m in probe.messages("/synseg/masks") if m.header.stamp == stamp]
+
+
+def test_image_in_masks_out_keeps_header_and_labels(fake_node):
+    proc, probe = fake_node
+    assert probe.set_parameter("vocabulary", ["red", "green", "blue"]).successful
+    rgb = red_box_image()
+    sent = {}
+
+    def make():  # bgr8 on the wire: the node must convert it back to RGB for the masks to be right
+        sent["stamp"] = probe.now()
+        return image_msg(rgb, "bgr8", sent["stamp"], frame_id="camera_optical")
+
+    out = probe.publish_until(make, lambda: masks_with_stamp(probe, sent["stamp"]), what="masks")[0]
+    assert out.header.frame_id == "camera_optical"
+    assert list(out.labels) == ["red", "green", "blue"]
+    assert out.threshold == pytest.approx(0.5)
+    assert [(m.width, m.height, m.encoding) for m in out.masks] == [(W, H, "mono8")] * 3
+    expected = np.zeros((H, W), np.uint8)
+    expected[RED_BOX] = 255
+    np.testing.assert_array_equal(mask_array(out.masks[0]), expected)
+    assert not mask_array(out.masks[1]).any() and not mask_array(out.masks[2]).any()
+    np.testing.assert_allclose(list(out.scores), [1.0, 0.0, 90 / 255], atol=1e-6)
+    assert len(out.probabilities) == 0          # off by default
+
+    stamp = sent["stamp"]
+    label_image = wait_until(lambda: [m for m in probe.messages("/synseg/label_image") if m.header.stamp == stamp],
+                             what="label image")[0]
+    np.testing.assert_array_equal(mask_array(label_image), (expected > 0).astype(np.uint8))
+    overlay = wait_until(lambda: [m for m in probe.messages("/synseg/overlay") if m.header.stamp == stamp],
+                         what="overlay")[0]
+    assert (overlay.encoding, overlay.width, overlay.height, overlay.header.frame_id) == ("rgb8", W, H,
+                                                                                          "camera_optical")
+
+
+def test_vocabulary_change_from_another_process(fake_node):
+    proc, probe = fake_node
+    result = probe.set_parameter("vocabulary", ["tomato", "leaf"])
+    assert result.successful, result.reason
+    assert probe.get_parameter("vocabulary") == ["tomato", "leaf"]
+    sent = {}
+
+    def make():
+        sent["stamp"] = probe.now()
+        return image_msg(red_box_image(), "rgb8", sent["stamp"])
+
+    out = probe.publish_until(make, lambda: masks_with_stamp(probe, sent["stamp"]), what="masks")[0]
+    assert list(out.labels) == ["tomato", "leaf"] and len(out.masks) == 2
+
+    # What `ros2 param set /synseg vocabulary "person, chair"` sends: one string, parsed as a list.
+    text = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="[person, chair]")
+    assert probe.set_raw_parameter("vocabulary", text).successful
+    assert probe.get_parameter("vocabulary") == ["person", "chair"]
+
+
+@pytest.mark.parametrize("value, reason", [
+    ([], "must not be empty"),
+    (["cup", "  "], "blank"),
+    (["cup", "Cup"], "duplicate"),
+    ([f"thing {i}" for i in range(33)], "max_categories"),
+    ([True, False], "quote them"),            # `ros2 param set ... "[yes, no]"` arrives as booleans
+    ([1, 2], "quote them"),
+    (["fail"], "text encoder failed"),        # the model's encoder raising is a rejection, not a crash
+])
+def test_invalid_vocabulary_is_rejected_and_old_value_kept(fake_node, value, reason):
+    proc, probe = fake_node
+    assert probe.set_parameter("vocabulary", ["red", "green"]).successful
+    result = probe.set_parameter("vocabulary", value)
+    assert not result.successful
+    assert reason in result.reason
+    assert probe.get_parameter("vocabulary") == ["red", "green"]
+    assert proc.poll() is None
+
+
+def test_read_only_and_out_of_range_parameters_are_rejected(fake_node):
+    proc, probe = fake_node
+    assert not probe.set_parameter("checkpoint", "/tmp/other.safetensors").successful
+    result = probe.set_parameter("threshold", 1.5)
+    assert not result.successful and "out of range" in result.reason
+    # `ros2 param set /synseg threshold 1` sends an integer: accepted as 1.0.
+    assert probe.set_parameter("threshold", 1).successful
+    assert probe.get_parameter("threshold") == 1.0
+    assert probe.set_parameter("threshold", 0.5).successful
+
+
+def bad_images(probe: Probe) -> dict[str, Image]:
+    good = red_box_image()
+    wrong_step = image_msg(good, "rgb8", probe.now())
+    wrong_step.step = W * 3 - 1
+    short_data = image_msg(good, "rgb8", probe.now())
+    short_data.data = bytes(short_data.data)[: -W * 3]
+    mismatch = image_msg(good, "mono8", probe.now())
+    mismatch.encoding = "rgb8"           # mono8 bytes declared as rgb8: a third of the data
+    empty = Image(height=0, width=0, encoding="rgb8", step=0)
+    unsupported = image_msg(good, "rgb8", probe.now())
+    unsupported.encoding = "32FC1"
+    odd_yuv = Image(height=2, width=3, encoding="yuv422", step=6, data=bytes(12))
+    huge = image_msg(np.zeros((400, 400, 3), np.uint8), "rgb8", probe.now())   # over max_image_pixels below
+    return {"wrong step": wrong_step, "short data": short_data, "encoding mismatch": mismatch,
+            "zero size": empty, "unsupported encoding": unsupported, "odd width yuv422": odd_yuv,
+            "too large": huge}
+
+
+def rejected_count(probe: Probe) -> int:
+    return int(latest_diagnostics(probe.messages("/diagnostics")).get("rejected", -1))
+
+
+def test_malformed_images_never_stop_the_node(fake_node):
+    proc, probe = fake_node
+    assert probe.set_parameter("vocabulary", ["red", "green", "blue"]).successful
+    assert probe.set_parameter("max_image_pixels", 100_000).successful
+    try:
+        for name, bad in bad_images(probe).items():
+            wait_until(lambda: rejected_count(probe) >= 0, what="diagnostics")
+            before = rejected_count(probe)
+            probe.publish_until(lambda: bad, lambda: rejected_count(probe) > before, what=f"rejection of {name}")
+            assert proc.poll() is None, f"the node died on {name}"
+    finally:
+        assert probe.set_parameter("max_image_pixels", 3840 * 2160).successful
+    sent = {}
+
+    def make():
+        sent["stamp"] = probe.now()
+        return image_msg(red_box_image(), "yuv422_yuy2", sent["stamp"])
+
+    out = probe.publish_until(make, lambda: masks_with_stamp(probe, sent["stamp"]), what="masks after bad input")[0]
+    assert list(out.labels) == ["red", "green", "blue"]
+    assert proc.poll() is None
+
+
+def test_slow_model_at_30_hz_drops_stale_frames(ros_context, tmp_path):
+    """A 0.2 s model fed 640x480 frames at 30 Hz: bounded latency, no queue growth, drops counted."""
+    from synseg_ros.msg import SegmentationMasks
+
+    delay, rate, duration = 0.2, 30.0, 3.0
+    # Its own namespace and topic: the module's other fake node may still be running.
+    topic = "/slow/image_raw"
+    proc = start_node("tests.ros_fakes", ["--delay", str(delay), "--ros-args", "-r", "__ns:=/slow",
+                                          "-r", f"image:={topic}", "-p", "vocabulary:=[red, green]",
+                                          "-p", "diagnostics_period:=0.2", "-p", "publish_overlay:=false"],
+                      tmp_path / "node.log")
+    probe = Probe("probe_slow", topic, {"/slow/synseg/masks": SegmentationMasks, "/diagnostics": DiagnosticArray},
+                  target="/slow/synseg")
+    try:
+        probe.wait_for_node()
+        wait_until(lambda: probe.node.count_publishers("/slow/synseg/masks") > 0, what="masks publisher")
+        frame = np.zeros((480, 640, 3), np.uint8)
+        frame[100:300, 200:400, 0] = 255
+        sent_at = {}
+        start = time.monotonic()
+        for i in range(int(rate * duration)):
+            stamp = probe.now()
+            sent_at[(stamp.sec, stamp.nanosec)] = time.time()
+            probe.image_pub.publish(image_msg(frame, "rgb8", stamp))
+            time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+        masks = probe.received["/slow/synseg/masks"]
+        wait_until(lambda: masks and time.time() - masks[-1][0] > 3 * delay, what="the stream to settle")
+        seen = len(probe.messages("/diagnostics"))
+        wait_until(lambda: len(probe.messages("/diagnostics")) > seen + 1, what="diagnostics after the stream")
+        results = probe.received["/slow/synseg/masks"]
+        latencies = [arrived - sent_at[(m.header.stamp.sec, m.header.stamp.nanosec)] for arrived, m in results]
+        figures = latest_diagnostics(probe.messages("/diagnostics"), node="/slow/synseg")
+    finally:
+        probe.close()
+        stop_node(proc)
+        print((tmp_path / "node.log").read_text())
+    expected = duration / delay
+    assert 0.5 * expected <= len(latencies) <= 1.2 * expected + 1, latencies
+    # With the newest frame only, a frame waits at most one inference before its own: < 2 delays + slack.
+    assert max(latencies) < 2 * delay + 0.5, latencies
+    third = len(latencies) // 3
+    assert np.median(latencies[-third:]) < np.median(latencies[:third]) + 0.15, latencies
+    print(f"{len(latencies)} of {int(rate * duration)} frames segmented, latency max {max(latencies):.3f} s, "
+          f"node figures {figures}")
+    assert int(figures["dropped"]) >= int(figures["received"]) - int(figures["processed"]) - 2 > 0, figures
+
+
+def test_image_folder_publisher_feeds_the_node(fake_node, tmp_path):
+    """The camera stand-in (another process) publishes a folder's images; the node segments them."""
+    import cv2
+
+    proc, probe = fake_node
+    assert probe.set_parameter("vocabulary", ["red", "green", "blue"]).successful
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"frame_{i}.png"), cv2.cvtColor(red_box_image(), cv2.COLOR_RGB2BGR))
+    probe.clear()
+    camera = start_node("synseg_ros.image_folder_publisher",
+                        ["--ros-args", "-r", f"__ns:={IMAGE_TOPIC.rsplit('/', 1)[0]}", "-p", f"folder:={tmp_path}",
+                         "-p", "rate_hz:=20.0", "-p", "encoding:=yuv422", "-p", "frame_id:=folder_cam"],
+                        tmp_path / "camera.log")
+    try:
+        out = wait_until(lambda: [m for m in probe.messages("/synseg/masks") if m.header.frame_id == "folder_cam"],
+                         what="masks of the folder's images")[0]
+    finally:
+        stop_node(camera)
+    assert list(out.labels) == ["red", "green", "blue"]
+    expected = np.zeros((H, W), np.uint8)
+    expected[RED_BOX] = 255
+    # yuv422 subsamples colour: compare away from the box's left and right edges.
+    inner = (slice(None), slice(RED_BOX[1].start + 2, RED_BOX[1].stop - 2))
+    np.testing.assert_array_equal(mask_array(out.masks[0])[inner], expected[inner])
