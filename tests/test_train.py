@@ -1,0 +1,203 @@
+"""`training.train` on CPU with the tiny model: a full run, tasks, NaN handling, checkpoints, SIGTERM + resume."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synseg_model import SynSeg, get_model_config, load_checkpoint, mccl_loss
+from train_helpers import write_shards, write_sidecars
+from training import tasks
+from training.checkpoint import list_checkpoints
+from training.config import LossConfig
+from training.text_cache import TextEmbeddingCache
+from training.train import EXPORT_NAME, main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "config" / "train_tiny.yaml"
+# Resume replays data, RNG, optimizer and scheduler exactly; on one CPU the float operations repeat in the
+# same order, so the weights agree to rounding. The stated tolerance (absolute, per weight):
+RESUME_ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """4 shards x 12 samples with seg.png (so activation stats are logged); one corrupt image."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    paths = write_shards(root / "shards", shards=4, per_shard=12, size=(72, 64), seg=True, corrupt={"000010003"})
+    write_sidecars(paths, root / "labels")
+    return root
+
+
+def _argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", str(TINY), f"data.shards={data}/shards/{{00000..00003}}.tar",
+            f"data.labels_dir={data}/labels", f"train.out_dir={out}", *extra]
+
+
+def _trainable(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(path)).items() if not k.startswith("clip.")}
+
+
+def test_tiny_run_trains_logs_and_exports(data, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import training.evaluate
+
+    calls = []
+
+    def fake_evaluate(model, dataset, data_root, *, limit=None, device=None, **options):
+        calls.append((dataset, limit, model.training))
+        return {"dataset": dataset, "miou": 12.5, "per_class": {}}
+
+    monkeypatch.setattr(training.evaluate, "evaluate_model", fake_evaluate)
+    result = main(_argv(data, tmp_path, "train.steps=6", "train.log_every=3", "val.every=3", "val.dataset=voc",
+                        f"val.data_root={tmp_path}", "val.limit=2"))
+    assert result.step == 6 and result.stopped_by is None
+    assert calls == [("voc", 2, True), ("voc", 2, True)]  # every 3 steps, on the training model
+    assert result.skipped["corrupt"] == 1  # the corrupt JPEG was met once, skipped and counted
+    exported = load_checkpoint(result.export_path)  # the foundation's format
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, result.model.state_dict()[key].cpu()), key
+    assert (tmp_path / "config.yaml").is_file() and list_checkpoints(tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"loss/align", "loss/cont", "loss/back", "loss/sep", "loss/total", "train/lr",
+                "train/images_per_s", "skipped/corrupt", "skipped/no_labels", "train/nonfinite_steps",
+                "activation/act_on", "activation/act_off", "val/miou"}
+    assert expected <= tags
+    assert all(math.isfinite(e.value) for e in events.Scalars("loss/total"))
+
+
+def test_dense_bce_trains_decoder_only(data, tmp_path):
+    result = main(_argv(data, tmp_path, "task=dense_bce", "data.labels_dir=null", "data.classes=[grass, water]",
+                        "train.steps=3", "train.log_every=3"))
+    assert result.step == 3
+    torch.manual_seed(0)  # train.seed: the run built its model right after this
+    initial = SynSeg(get_model_config("synseg-tiny")).state_dict()
+    trained = _trainable(result.export_path)
+    # The projector serves MCCL only: frozen in dense_bce. The decoder moved.
+    assert all(torch.equal(trained[k], initial[k]) for k in trained if k.startswith("projector."))
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained if k.startswith("decoder."))
+
+
+def test_task_losses_match_their_definitions(tiny_model):
+    model = copy.deepcopy(tiny_model).eval()  # no dropout: both paths see the same network
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 64, 64), "labels": [["cat", "dog"], ["cat"]],
+             "label_mask": torch.tensor([[True, True], [True, False]])}
+    cache = TextEmbeddingCache(model, ["a photo of a {}."])
+    task = tasks.create_task("mccl", model, cache, LossConfig(weights=[1.0, 0.0, 2.0, 1.0]))
+    losses = task.training_forward(batch)
+    assert set(losses) == {"align", "back", "sep"}  # a zero weight removes its term
+    out = model(batch["image"], cache.batch_embeddings(batch["labels"]), return_synergy=True)
+    ref = mccl_loss(out.fg, out.bg, cache.batch_embeddings(batch["labels"]), batch["label_mask"])
+    assert torch.allclose(losses["back"], 2.0 * ref["back"]) and torch.allclose(losses["align"], ref["align"])
+
+    masks = torch.zeros(2, 2, 64, 64)
+    masks[:, 0, :32] = 1.0
+    dense = dict(batch, masks=masks, mask_valid=torch.ones(2, 2, dtype=torch.bool),
+                 pixel_valid=torch.ones(2, 64, 64, dtype=torch.bool))
+    dense["pixel_valid"][:, :, :8] = False
+    bce_task = tasks.create_task("dense_bce", model, cache, LossConfig())
+    bce = bce_task.training_forward(dense)["bce"]
+    logits = model(dense["image"], cache.batch_embeddings(dense["labels"]))
+    keep = dense["label_mask"][:, :, None, None] & dense["pixel_valid"][:, None]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep.expand_as(logits)],
+                                                                    masks[keep.expand_as(masks)])
+    assert torch.allclose(bce, expected, atol=1e-6)
+    stats = bce_task.activation_stats(dense)
+    assert 0 < stats["act_on"] < 1 and 0 < stats["act_off"] < 1
+
+
+def test_text_cache_encodes_each_label_once(tiny_model):
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_model
+
+        def encode_text(self, labels, templates=None):
+            calls.append(list(labels))
+            return tiny_model.encode_text(labels, templates)
+
+    cache = TextEmbeddingCache(Counting(), capacity=2)
+    first = cache.batch_embeddings([["cat", "dog"], ["cat"]])
+    assert first.shape == (2, 2, tiny_model.text_dim) and torch.equal(first[1, 1], torch.zeros(tiny_model.text_dim))
+    assert torch.equal(first[0, 0], first[1, 0])
+    cache.embed(["dog", "cat"])
+    assert calls == [["cat", "dog"]] and cache.hit_rate == pytest.approx(3 / 5)  # 3 of 5 lookups hit
+    cache.embed(["bird"])  # capacity 2: the least recently used ("dog") is evicted
+    cache.embed(["dog"])
+    assert calls[-1] == ["dog"]
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
+    original = tasks.MCCLTask.training_forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, batch):
+        calls["n"] += 1
+        losses = original(self, batch)
+        if calls["n"] in (2, 3):
+            losses["align"] = losses["align"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(tasks.MCCLTask, "training_forward", sometimes_nan)
+    result = main(_argv(data, tmp_path / "a", "train.steps=4"))
+    assert result.step == 4 and result.nonfinite_steps == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+    monkeypatch.setattr(tasks.MCCLTask, "training_forward",
+                        lambda self, batch: {"align": torch.tensor(float("inf"))})
+    with pytest.raises(RuntimeError, match="3 consecutive non-finite losses or gradients"):
+        main(_argv(data, tmp_path / "b", "train.max_nonfinite=3"))
+
+
+def test_truncated_latest_checkpoint_falls_back_with_a_warning(data, tmp_path, caplog):
+    main(_argv(data, tmp_path, "train.steps=4", "train.ckpt_every=2"))
+    latest = list_checkpoints(tmp_path)[-1]
+    assert latest.name == "step_00000004.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    with caplog.at_level(logging.INFO):
+        result = main(_argv(data, tmp_path, "train.steps=6", "train.ckpt_every=2", "--resume"))
+    assert any("step_00000004.pt is unreadable" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+    assert any("resumed from" in r.getMessage() and "step_00000002.pt" in r.getMessage() for r in caplog.records)
+    assert result.step == 6
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
+    steps = "train.steps=10"
+    common = ("data.workers=2", "train.log_every=1", "train.ckpt_every=100")
+    whole = main(_argv(data, tmp_path / "whole", steps, *common))
+
+    out = tmp_path / "stopped"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", *_argv(data, out, steps, *common)],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if "step 2/10" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    tail = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, tail
+    stopped_at = int(list_checkpoints(out)[-1].stem.split("_")[1])
+    assert 2 <= stopped_at < 10 and not (out / EXPORT_NAME).exists()
+
+    resumed = main(_argv(data, out, steps, *common, "--resume"))
+    assert resumed.step == 10
+    a, b = _trainable(whole.export_path), _trainable(resumed.export_path)
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= RESUME_ATOL, f"resumed weights differ by {worst}"

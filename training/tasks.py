@@ -1,0 +1,135 @@
+"""Training tasks: the model and its loss in one module, `training_forward(batch) -> named losses`.
+
+The trainer sums the returned losses in one place and backpropagates the sum; each entry is already
+weighted, so the logged values add up to what is optimised.
+- `mccl`: the paper's Multi-Category Contrastive Learning on caption labels (method.md section 3).
+- `dense_bce`: per-pixel BCE on referring masks from label-index maps (the shapes world's stage 2, the
+  CLIPSeg-like initialisation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synseg_model import mccl_loss
+
+from .config import LossConfig
+from .text_cache import TextEmbeddingCache
+
+MCCL_TERMS = ("align", "cont", "back", "sep")
+
+
+class TrainingTask(nn.Module):
+    """A SynSeg model plus its loss. `forward` is `training_forward`, so DDP can wrap the task."""
+
+    def __init__(self, model: nn.Module, text_cache: TextEmbeddingCache) -> None:
+        super().__init__()
+        self.model = model
+        self.text_cache = text_cache
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.training_forward(batch)
+
+    def training_forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Named scalar losses of one batch (already weighted; the trainer sums them)."""
+        raise NotImplementedError
+
+    def label_embeddings(self, batch: dict) -> torch.Tensor:
+        """Text embeddings t_c of the batch's labels, (B, Kmax, D), zeros in padding slots."""
+        return self.text_cache.batch_embeddings(batch["labels"], kmax=batch["label_mask"].shape[1])
+
+    @torch.no_grad()
+    def activation_stats(self, batch: dict) -> dict[str, float]:
+        """Mean activation sigmoid(logits) on and off the ground truth of labels that have one.
+
+        This is how MCCL's collapse shows (method.md section 7): both means drifting towards 1.
+        Runs the model in eval mode and gives it back in the mode it was in.
+
+        Returns:
+            {"act_on": float, "act_off": float}; {} when the batch has no dense masks.
+        """
+        if "masks" not in batch:
+            return {}
+        valid = (batch["mask_valid"] & batch["label_mask"])[:, :, None, None] & batch["pixel_valid"][:, None]
+        if not valid.any():
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            activation = torch.sigmoid(self.model(batch["image"], self.label_embeddings(batch)).float())
+        finally:
+            self.model.train(was_training)
+        on = valid & (batch["masks"] > 0.5)
+        off = valid & (batch["masks"] <= 0.5)
+        stats = {}
+        if on.any():
+            stats["act_on"] = activation[on].mean().item()
+        if off.any():
+            stats["act_off"] = activation[off].mean().item()
+        return stats
+
+
+class MCCLTask(TrainingTask):
+    """MCCL (method.md eq. 3-7) on FSS synergy features; paper-exact unless a stabiliser is configured.
+
+    The labels' t_c come from the frozen text encoder with the training template ("a photo of a {}.").
+    """
+
+    def __init__(self, model: nn.Module, text_cache: TextEmbeddingCache, loss: LossConfig) -> None:
+        super().__init__(model, text_cache)
+        self.weights = tuple(loss.weights)
+        self.sim_clip = tuple(loss.sim_clip)      # stabiliser (config.LossConfig): paper = (0.005, 0.995)
+        self.area_weight = loss.area_weight       # stabiliser (config.LossConfig): paper = 0
+
+    def training_forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        text = self.label_embeddings(batch)
+        out = self.model(batch["image"], text, return_synergy=True)
+        # Cosines near the 0.995 clip decide L_cont: compute them in float32 even under autocast.
+        parts = mccl_loss(out.fg.float(), out.bg.float(), text, mask=batch["label_mask"],
+                          weights=self.weights, clip=self.sim_clip)
+        losses = {name: weight * parts[name] for name, weight in zip(MCCL_TERMS, self.weights) if weight > 0}
+        if self.area_weight > 0:
+            losses["area"] = self.area_weight * self.area_term(out.logits, batch["label_mask"])
+        return losses
+
+    @staticmethod
+    def area_term(logits: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+        """L_area (a stabiliser, not in the paper): mean activation of the real labels' maps.
+
+        Args:
+            logits: (B, K, H, W). label_mask: (B, K) bool.
+        """
+        area = torch.sigmoid(logits.float()).mean(dim=(2, 3))                  # (B, K)
+        m = label_mask.to(area.dtype)
+        return (area * m).sum() / m.sum().clamp(min=1.0)
+
+
+class DenseBCETask(TrainingTask):
+    """Per-pixel binary cross-entropy of each label's logit map against its referring mask.
+
+    Only the decoder (with FiLM) trains: the FSS projector serves MCCL alone, so it is frozen here.
+    Ignore pixels (label-index 255) and padding slots do not count.
+    """
+
+    def __init__(self, model: nn.Module, text_cache: TextEmbeddingCache) -> None:
+        super().__init__(model, text_cache)
+        model.projector.requires_grad_(False)
+
+    def training_forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "masks" not in batch:
+            raise ValueError("dense_bce needs batches with referring masks (shards with seg.png)")
+        logits = self.model(batch["image"], self.label_embeddings(batch)).float()
+        weight = ((batch["mask_valid"] & batch["label_mask"])[:, :, None, None]
+                  & batch["pixel_valid"][:, None]).float()
+        per_pixel = F.binary_cross_entropy_with_logits(logits, batch["masks"], reduction="none")
+        return {"bce": (per_pixel * weight).sum() / weight.sum().clamp(min=1.0)}
+
+
+def create_task(name: str, model: nn.Module, text_cache: TextEmbeddingCache, loss: LossConfig) -> TrainingTask:
+    """The task called `name` ("mccl" or "dense_bce")."""
+    if name == "mccl":
+        return MCCLTask(model, text_cache, loss)
+    if name == "dense_bce":
+        return DenseBCETask(model, text_cache)
+    raise ValueError(f"unknown task {name!r} (mccl or dense_bce)")
