@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,10 +20,10 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from synseg_ros import conversions
+from synseg_ros.demo import stop as stop_node  # SIGINT the process group, SIGKILL if it lingers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 10.0            # every wait for discovery or a message
-STOP_TIMEOUT_S = 10.0
 
 
 def start_node(module: str, args: Sequence[str], log_path: Path) -> subprocess.Popen:
@@ -38,17 +37,6 @@ def start_node(module: str, args: Sequence[str], log_path: Path) -> subprocess.P
     log = open(log_path, "wb")
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    """SIGINT the process group, then SIGKILL it if it has not exited within STOP_TIMEOUT_S."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT_S, what: str = "condition") -> Any:
