@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import Backend, BackendOptions, create_backend
 from .model import SynSeg
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,24 @@ class Segmenter:
     """
 
     def __init__(self, model: SynSeg, device: str | torch.device = "auto", backend: str = "auto",
-                 threshold: float = 0.5, max_categories: int = 32, input_size: int | None = None):
+                 threshold: float = 0.5, max_categories: int = 32, input_size: int | None = None,
+                 precision: str | None = None, compile: bool = False, cuda_graphs: bool = True,
+                 cache_dir: str | Path | None = None):
+        """
+        Args:
+            model: the SynSeg to run.
+            device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+            backend: "auto", "tensorrt", "torch" or "onnxruntime" (see ``synseg_model.backends``); "auto"
+                logs what it picked and why.
+            threshold: probability above which a pixel is in a category's mask.
+            max_categories: the largest vocabulary; compiled backends accept any K up to it.
+            input_size: side of the square the model sees (default: the model's ``image_size``).
+            precision: "fp32", "fp16" or "bf16"; None: fp16 on CUDA, fp32 on CPU.
+            compile: wrap the torch backend in ``torch.compile``.
+            cuda_graphs: let the torch backend replay CUDA graphs on CUDA.
+            cache_dir: where compiled engines and ONNX graphs are kept (default ``~/.cache/synseg/engines``,
+                or ``$SYNSEG_ENGINE_CACHE``).
+        """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         if max_categories < 1:
@@ -60,10 +78,11 @@ class Segmenter:
         self.threshold = float(threshold)
         self.max_categories = int(max_categories)
         self.input_size = int(input_size or model.config.image_size)
-        self.backend_name = "torch" if backend == "auto" else backend
-        if self.backend_name != "torch":
-            raise ValueError(f"unknown backend {backend!r}")
-        log.info("Segmenter: backend=%s device=%s input_size=%d", self.backend_name, self.device, self.input_size)
+        options = BackendOptions(max_categories=self.max_categories, precision=precision, compile=compile,
+                                 cuda_graphs=cuda_graphs, cache_dir=cache_dir)
+        self.backend: Backend = create_backend(backend, self.model, self.device, self.input_size, options)
+        self.backend_name = self.backend.name
+        log.info("Segmenter: backend=%s input_size=%d", self.backend.describe(), self.input_size)
         cfg = model.config
         self._mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1) * 255.0
@@ -113,8 +132,9 @@ class Segmenter:
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The model alone: (B, 3, S, S) normalised images, (K, D) text -> (B, K, S, S) logits."""
-        return self.model(images, text)
+        """The model alone, on the backend: (B, 3, S, S) normalised images, (K, D) text -> (B, K, S, S) float32
+        logits."""
+        return self.backend(images, text)
 
     @torch.no_grad()
     def segment(self, rgb: np.ndarray) -> Segmentation:
