@@ -1,0 +1,143 @@
+"""Shapes world: the generator and its data formats."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.shapes.generate import generate, train_shard_scenes, val_scene
+from training.shapes.render import ShapeSpec, render, sample_scene, shape_mask, hard_negatives
+from training.shapes.world import load_world
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_world()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    generate(out, train=12, val=6, seed=3, shard_size=5)
+    return out
+
+
+def test_generator_is_deterministic(tiny_data, tmp_path):
+    generate(tmp_path / "again", train=12, val=6, seed=3, shard_size=5, workers=2)
+    generate(tmp_path / "other", train=12, val=6, seed=4, shard_size=5)
+    for rel in ("train/00000.tar", "train/00002.tar", "val/SegmentationClass/shapes_000005.png",
+                "val/JPEGImages/shapes_000000.jpg", "val/captions.json"):
+        assert (tiny_data / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
+    assert (tiny_data / "train/00000.tar").read_bytes() != (tmp_path / "other/train/00000.tar").read_bytes()
+
+
+def test_shards_are_readable_by_webdataset(tiny_data, world):
+    import webdataset as wds
+
+    sizes = json.loads((tiny_data / "train/sizes.json").read_text())
+    assert sizes == {"00000.tar": 5, "00001.tar": 5, "00002.tar": 2}
+    # No decoder for seg.png: webdataset's "pil" decoding would turn the label map into RGB.
+    samples = list(wds.WebDataset(str(tiny_data / "train/{00000..00002}.tar"), shardshuffle=False))
+    assert len(samples) == 12
+    for s in samples:
+        assert {"jpg", "txt", "json", "seg.png"} <= set(s)
+        assert Image.open(io.BytesIO(s["jpg"])).size == (world.image_size, world.image_size)
+        meta = json.loads(s["json"])
+        assert meta["key"] == s["__key__"] and meta["caption"] == s["txt"].decode()
+        assert {int(k): v for k, v in meta["classes"].items()} == dict(enumerate(world.class_names))
+        seg = np.asarray(Image.open(io.BytesIO(s["seg.png"])))
+        assert seg.shape == (world.image_size, world.image_size) and seg.dtype == np.uint8
+        assert sorted(np.unique(seg).tolist()) == meta["present"]
+
+
+def test_voc_layout_is_read_by_the_evaluation_reader(tiny_data, world):
+    from training.datasets import SegmentationDataset, load_dataset_spec
+
+    val = tiny_data / "val"
+    spec = load_dataset_spec(val / "dataset.yaml")
+    assert spec.class_names() == world.class_names and not spec.background
+    assert (val / "classes.txt").read_text().split("\n")[:-1] == world.class_names
+    data = SegmentationDataset(spec, val)
+    assert len(data) == 6
+    for index, ref in enumerate(data.samples):
+        assert Image.open(ref.label_path).mode == "P"  # palette PNG, pixel value = class index, as VOC's
+        image, label = data.load(index)
+        scene, _ = val_scene(world, 3, int(ref.key.split("_")[1]))
+        np.testing.assert_array_equal(label, scene.labels)
+        assert image.shape == (world.image_size, world.image_size, 3)
+        # The JPEG of this rendered scene (noisy textures lose detail to JPEG, so compare with another scene).
+        other, _ = val_scene(world, 3, int(ref.key.split("_")[1]) + 100)
+        error = np.abs(image.astype(float) - scene.image).mean()
+        assert error < 0.5 * np.abs(image.astype(float) - other.image).mean()
+
+
+def test_masks_match_drawn_shapes(world):
+    size = world.image_size
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        spec = sample_scene(rng, world)
+        scene = render(spec, world)
+        owner = np.full((size, size), -1)
+        for i, shape in enumerate(spec.shapes):
+            owner[shape_mask(shape, size, world)] = i
+        for i, shape in enumerate(spec.shapes):
+            visible = owner == i
+            assert visible.sum() == scene.visible[i]
+            assert (scene.labels[visible] == world.class_index(shape.name)).all()
+            # The pixels labelled with a shape carry that shape's colour (up to the shading noise).
+            err = np.abs(scene.image[visible].astype(float) - np.asarray(shape.rgb)).mean()
+            assert err < 8, (shape, err)
+        stuff = owner < 0
+        assert np.isin(scene.labels[stuff], [world.class_index(s) for s in spec.stuff]).all()
+
+
+def test_circle_mask_is_geometrically_exact(world):
+    size = world.image_size
+    shape = ShapeSpec("circle", "red", (255.0, 0.0, 0.0), (30.3, 25.6), 10.0, 0.0)
+    mask = shape_mask(shape, size, world)
+    yy, xx = np.mgrid[0:size, 0:size]
+    dist = np.hypot(xx - 30.3, yy - 25.6)
+    assert mask[dist < 9.0].all() and not mask[dist > 11.0].any()
+    ring = shape_mask(ShapeSpec("ring", "red", (255.0, 0.0, 0.0), (30.3, 25.6), 10.0, 0.0), size, world)
+    inner = 10.0 * world["shape_params"]["ring_inner"]
+    assert not ring[dist < inner - 1].any() and ring[(dist > inner + 1) & (dist < 9.0)].all()
+
+
+def test_hard_negatives_differ_only_in_shape(world):
+    rng = np.random.default_rng(5)
+    spec = sample_scene(rng, world)
+    variants = hard_negatives(rng, spec, world, 3)
+    assert len(variants) == 3
+    names = {tuple(s.name for s in v.shapes) for v in variants} | {tuple(s.name for s in spec.shapes)}
+    assert len(names) == 4
+    for v in variants:
+        assert v.stuff == spec.stuff and v.texture_seed == spec.texture_seed
+        assert [(s.color, s.center, s.radius) for s in v.shapes] == [(s.color, s.center, s.radius) for s in spec.shapes]
+
+
+def test_captions_name_shapes_and_vary(world):
+    rng = np.random.default_rng(1)
+    from training.shapes.captions import make_caption
+
+    scenes = [scene for scene, _ in train_shard_scenes(world, 0, 0, 60)]
+    captions = [make_caption(s, rng, world) for s in scenes]
+    assert len(set(captions)) > 50
+    words = set(world.shape_names) | {v["plural"] for v in world["shapes"].values()}
+    named = [any(w in c.lower().replace(",", " ").split() for w in words) for c in captions]
+    assert np.mean(named) > 0.85
+    assert any("stock" in c for c in captions) and any("pair of" in c or " two " in c for c in captions)
+
+
+def test_gate_auc():
+    from training.shapes.gate import auc
+
+    positive = np.array([True, True, False, False, False])
+    assert auc(np.array([0.9, 0.8, 0.1, 0.2, 0.3]), positive) == 1.0
+    assert auc(np.array([0.1, 0.2, 0.9, 0.8, 0.7]), positive) == 0.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5, 0.5]), positive) == 0.5  # ties count half
+    assert auc(np.array([0.9, 0.2, 0.5, 0.1, 0.3]), positive) == pytest.approx(4 / 6)
+    assert np.isnan(auc(np.array([0.1, 0.2]), np.array([True, True])))

@@ -1,0 +1,71 @@
+"""``python -m training.shapes {generate,clip,gate,run} ...``: the shapes world's command line.
+
+    generate  write training shards and held-out splits (training.shapes.generate)
+    clip      stage 1 alone: train the small CLIP with open_clip_train on generated shards
+    gate      the zero-shot gate of a stage-1 checkpoint on a held-out split
+    run       everything, from nothing to the results table (training.shapes.pipeline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training.shapes import clip_stage, gate, generate, pipeline
+from training.shapes.world import load_world
+
+
+def clip_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Stage 1: train the shapes world's CLIP with open_clip_train.")
+    parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml")
+    parser.add_argument("--train-dir", type=Path, required=True, help="folder of shards with sizes.json")
+    parser.add_argument("--out", type=Path, required=True, help="open_clip_train's --logs folder")
+    args = parser.parse_args(argv)
+    print(clip_stage.train_clip(clip_stage.load_stage1_config(args.config), args.train_dir, args.out))
+
+
+def gate_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The stage-1 zero-shot gate of an open_clip_train checkpoint.")
+    parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="open_clip_train checkpoint (.pt)")
+    parser.add_argument("--data", type=Path, required=True, help="VOC-layout held-out split")
+    parser.add_argument("--world", type=Path, default=None, help="world YAML (default config/shapes/world.yaml)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    cfg = clip_stage.load_stage1_config(args.config)
+    name, _ = clip_stage.register_model_config(cfg["model_config"])
+    model, tokenizer = gate.load_open_clip(name, args.checkpoint)
+    images, labels = gate.load_voc_split(args.data)
+    oc = cfg["open_clip_train"]
+    figures = gate.zero_shot_gate(model, tokenizer, images, labels, load_world(args.world).class_names,
+                                  cfg["gate"], oc["image-mean"], oc["image-std"])
+    text = json.dumps({k: v for k, v in figures.items() if k != "text_cosine"}, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    if not figures["passed"]:
+        raise SystemExit(1)
+
+
+COMMANDS = {
+    "generate": generate.main,
+    "clip": clip_main,
+    "gate": gate_main,
+    "run": pipeline.main,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        raise SystemExit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Stage 1: train the shapes world's small CLIP with open_clip_train, the library's own trainer.
+
+The architecture is an open_clip model-config JSON of this project, registered with
+``open_clip.add_model_config`` before ``open_clip_train.main.main(argv)`` runs in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import yaml
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_stage1_config(path: str | Path) -> dict[str, Any]:
+    """Read the stage-1 YAML (see ``config/shapes/stage1.yaml``).
+
+    Raises:
+        ValueError: a required key is missing, or no phase is given.
+    """
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    for key in ("model_config", "phases", "batch_size", "sample_shuffle_buffer", "seed", "workers",
+                "open_clip_train", "gate"):
+        if key not in cfg:
+            raise ValueError(f"{path}: missing key {key!r}")
+    if not cfg["phases"] or any("name" not in p or "epochs" not in p for p in cfg["phases"]):
+        raise ValueError(f"{path}: 'phases' must list at least one {{name, epochs, args}}")
+    return cfg
+
+
+def resolve(path: str | Path) -> Path:
+    """A config path, relative to the repository root unless absolute."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def register_model_config(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """Register an open_clip architecture JSON; returns (model name, architecture dict)."""
+    path = resolve(path)
+    open_clip.add_model_config(path)
+    return path.stem, json.loads(path.read_text())
+
+
+def shard_pattern(train_dir: Path) -> tuple[str, int]:
+    """Brace pattern over the shards of ``train_dir`` and their total sample count (from ``sizes.json``)."""
+    sizes = json.loads((train_dir / "sizes.json").read_text())
+    names = sorted(sizes)
+    if not names:
+        raise ValueError(f"{train_dir}/sizes.json lists no shards")
+    first, last = Path(names[0]).stem, Path(names[-1]).stem
+    pattern = str(train_dir / (f"{first}.tar" if first == last else f"{{{first}..{last}}}.tar"))
+    return pattern, sum(sizes.values())
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """``{key: value}`` -> ``--key value`` (True: a bare flag; lists: several values)."""
+    argv: list[str] = []
+    for key, value in options.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}"] + [str(v) for v in value]
+        elif value is not False and value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def build_argv(cfg: dict[str, Any], phase: dict[str, Any], model_name: str, pattern: str, num_samples: int,
+               logs: Path, name: str, init: Path | None) -> list[str]:
+    """open_clip_train's command line for one phase of a stage-1 config."""
+    batch = int(cfg["batch_size"])
+    argv = [
+        "--model", model_name, "--train-data", pattern, "--dataset-type", "webdataset",
+        "--train-num-samples", str(num_samples - num_samples % batch),
+        "--batch-size", str(batch), "--epochs", str(phase["epochs"]), "--workers", str(cfg["workers"]),
+        "--seed", str(cfg["seed"]), "--logs", str(logs), "--name", name,
+    ]
+    if init is not None:
+        argv += ["--pretrained", str(init)]
+    return argv + _flags(cfg["open_clip_train"]) + _flags(phase.get("args") or {})
+
+
+def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path) -> Path:
+    """Run open_clip_train's phases on the shards in ``train_dir``; returns the last phase's final checkpoint.
+
+    Each phase is one open_clip_train run under ``out_dir/<phase name>`` that starts from the previous
+    phase's weights (``--pretrained``; a fresh optimiser and schedule). Earlier runs of the same names are
+    removed first (open_clip_train refuses to overwrite an experiment).
+    """
+    import open_clip_train.data
+    import open_clip_train.main
+
+    model_name, _ = register_model_config(cfg["model_config"])
+    pattern, num_samples = shard_pattern(train_dir)
+    if num_samples < cfg["batch_size"]:
+        raise ValueError(f"{train_dir}: {num_samples} samples, fewer than one batch of {cfg['batch_size']}")
+    # The library reads these module constants when it builds the webdataset pipeline.
+    buffer = int(cfg["sample_shuffle_buffer"])
+    open_clip_train.data._SAMPLE_SHUFFLE_SIZE = buffer
+    open_clip_train.data._SAMPLE_SHUFFLE_INITIAL = min(open_clip_train.data._SAMPLE_SHUFFLE_INITIAL, buffer)
+    checkpoint = None
+    for phase in cfg["phases"]:
+        run_dir = out_dir / phase["name"]
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        argv = build_argv(cfg, phase, model_name, pattern, num_samples, out_dir, phase["name"], checkpoint)
+        logger.info("open_clip_train %s", " ".join(argv))
+        status = open_clip_train.main.main(argv)
+        if status not in (None, 0):
+            raise RuntimeError(f"open_clip_train failed with status {status}; see {run_dir}/out.log")
+        checkpoint = run_dir / "checkpoints" / f"epoch_{phase['epochs']}.pt"
+        if not checkpoint.is_file():
+            raise RuntimeError(f"open_clip_train wrote no final checkpoint {checkpoint}")
+    return checkpoint
