@@ -14,7 +14,6 @@ import logging
 import sys
 import time
 
-import torch
 from tqdm import tqdm
 
 from .backends import (PRECISIONS, BackendOptions, BackendUnavailable, SegmentationModule, agreement_with_eager,
@@ -23,8 +22,6 @@ from .benchmark import build_model
 from .engine_cache import default_cache_dir
 from .runtime import resolve_device
 from .weights import default_checkpoint_path
-
-log = logging.getLogger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
