@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .clip import resize_pos_embed, visual_activations
+from .clip import is_resnet, resize_pos_embed, visual_activations
 from .engine_cache import EngineCache, EngineKey, weights_hash
 from .model import SynSeg
 
@@ -74,7 +74,9 @@ class SegmentationModule(nn.Module):
         self.text_dim = model.text_dim
         self.layers = tuple(model.config.extract_layers)
         grid = (self.input_size // self.patch_size,) * 2
-        self.visual = _FixedSizeVisual(model.clip.visual, grid, max(self.layers) + 1)
+        visual = model.clip.visual
+        # A ResNet tower has nothing that depends on the input size.
+        self.visual = visual if is_resnet(visual) else _FixedSizeVisual(visual, grid, max(self.layers) + 1)
         self.decoder = model.decoder
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

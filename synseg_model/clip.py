@@ -1,8 +1,9 @@
 """The frozen CLIP of SynSeg: building it, loading its weights, and the two encoders SynSeg needs.
 
 The visual side returns the token activations of chosen residual blocks (CLS token included), running only
-the blocks up to the deepest one needed. Position embeddings are resized on the fly (bicubic on the 2-D grid,
-as CLIPSeg does) when the input is not the size CLIP was trained at.
+the blocks up to the deepest one needed; CLIP's ResNet towers are read the same way, stage by stage.
+Position embeddings are resized on the fly (bicubic on the 2-D grid, as CLIPSeg does) when the input is not
+the size CLIP was trained at.
 """
 from __future__ import annotations
 
@@ -111,16 +112,48 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+def is_resnet(visual: nn.Module) -> bool:
+    """Whether ``visual`` is an open_clip ModifiedResNet (CLIP's RN towers) rather than a ViT."""
+    return hasattr(visual, "layer1")
+
+
+def _resnet_stages(visual: nn.Module) -> list[nn.Module]:
+    return [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+
+
+def visual_depth(visual: nn.Module) -> int:
+    """How many layers ``extract_layers`` can index: ViT blocks, or the four ResNet stages."""
+    return 4 if is_resnet(visual) else len(visual.transformer.resblocks)
+
+
+def activation_widths(visual: nn.Module, layers: tuple[int, ...]) -> list[int]:
+    """Channel width of each extracted activation, in the order of ``layers``."""
+    if is_resnet(visual):
+        stages = _resnet_stages(visual)
+        return [int(stages[i][-1].conv3.out_channels) for i in layers]
+    return [int(visual.conv1.out_channels)] * len(layers)
+
+
+def token_stride(visual: nn.Module, layers: tuple[int, ...]) -> int:
+    """Pixels per token of the activations: the ViT patch, or the stride of the shallowest ResNet stage."""
+    if is_resnet(visual):
+        return 4 * 2 ** min(layers)  # the stem divides by 4, every later stage by 2
+    return int(visual.patch_size[0])
+
+
 def visual_activations(visual: nn.Module, images: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
-    """Outputs of the residual blocks ``layers`` of an open_clip VisionTransformer.
+    """Outputs of the residual blocks ``layers`` of an open_clip visual tower, as token sequences.
 
     Args:
-        visual: ``clip.visual`` of an open_clip CLIP (ViT).
+        visual: ``clip.visual`` of an open_clip CLIP (ViT, or ModifiedResNet).
         images: (B, 3, H, W) normalised images.
-        layers: 0-based block indices.
+        layers: 0-based block indices (ResNet: stage indices 0-3).
     Returns:
-        One (B, 1 + h*w, width) tensor per layer, in the order of ``layers``; (h, w) = (H, W) // patch.
+        One (B, 1 + h*w, width_i) tensor per layer, in the order of ``layers``;
+        (h, w) = (H, W) // ``token_stride``.
     """
+    if is_resnet(visual):
+        return _resnet_activations(visual, images, layers)
     x = visual.conv1(images)                                   # (B, width, h, w)
     grid = tuple(x.shape[-2:])
     x = x.flatten(2).transpose(1, 2)
@@ -137,6 +170,30 @@ def visual_activations(visual: nn.Module, images: torch.Tensor, layers: tuple[in
         if i in wanted:
             found[i] = x
     return [found[i] for i in layers]
+
+
+def _resnet_activations(visual: nn.Module, images: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
+    """ResNet stage outputs on one token grid (that of the shallowest stage), each with a leading mean token.
+
+    The decoder was designed for ViT tokens: deeper, coarser stages are resized bilinearly to the common grid,
+    and the spatial mean stands in for the CLS token (the decoder attends to it and drops it at the end).
+    """
+    stride = token_stride(visual, layers)
+    grid = (images.shape[-2] // stride, images.shape[-1] // stride)
+    x = visual.stem(images)
+    found: dict[int, torch.Tensor] = {}
+    for i, stage in enumerate(_resnet_stages(visual)[: max(layers) + 1]):
+        x = stage(x)
+        if i in layers:
+            found[i] = x
+    out = []
+    for i in layers:
+        maps = found[i]
+        if tuple(maps.shape[-2:]) != grid:
+            maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
+        tokens = maps.flatten(2).transpose(1, 2)
+        out.append(torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1))
+    return out
 
 
 @lru_cache(maxsize=8)

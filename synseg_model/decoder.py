@@ -5,6 +5,8 @@ Module and parameter names follow the original CLIPSeg files (``film_mul``, ``fi
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -32,12 +34,13 @@ class Decoder(nn.Module):
     The per-layer reductions run once per image; only what follows FiLM runs once per category.
     """
 
-    def __init__(self, config: SynSegConfig, clip_width: int, text_dim: int, patch_size: int):
+    def __init__(self, config: SynSegConfig, clip_widths: Sequence[int], text_dim: int, patch_size: int):
         super().__init__()
         dim = config.reduce_dim
         self.film_mul = nn.Linear(text_dim, dim)
         self.film_add = nn.Linear(text_dim, dim)
-        self.reduces = nn.ModuleList(nn.Linear(clip_width, dim) for _ in config.extract_layers)
+        # reduces[0] takes the deepest activation (see forward), as in the CLIPSeg files.
+        self.reduces = nn.ModuleList(nn.Linear(width, dim) for width in reversed(clip_widths))
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, config.decoder_heads, config.decoder_ff_dim, config.decoder_dropout,
                                        activation=config.decoder_activation, batch_first=True)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import build_clip, get_tokenizer, visual_activations
+from .clip import (activation_widths, build_clip, get_tokenizer, token_stride, visual_activations,
+                   visual_depth)
 from .config import SynSegConfig
 from .decoder import Decoder, Projector, synergy_features
 
@@ -41,13 +42,13 @@ class SynSeg(nn.Module):
         self.clip = build_clip(config)
         self.clip.requires_grad_(False)
         visual = self.clip.visual
-        if max(config.extract_layers) >= len(visual.transformer.resblocks):
-            raise ValueError(f"extract_layers {config.extract_layers} exceed the "
-                             f"{len(visual.transformer.resblocks)} blocks of the CLIP visual encoder")
-        self.patch_size = int(visual.patch_size[0])
+        layers = tuple(config.extract_layers)
+        if max(layers) >= visual_depth(visual):
+            raise ValueError(f"extract_layers {config.extract_layers} exceed the {visual_depth(visual)} "
+                             "layers of the CLIP visual encoder")
+        self.patch_size = token_stride(visual, layers)
         self.text_dim = int(self.clip.text_projection.shape[-1])
-        width = int(visual.conv1.out_channels)
-        self.decoder = Decoder(config, width, self.text_dim, self.patch_size)
+        self.decoder = Decoder(config, activation_widths(visual, layers), self.text_dim, self.patch_size)
         self.projector = Projector(config, self.text_dim)
         self._tokenizer = get_tokenizer(config)
         self.clip.eval()

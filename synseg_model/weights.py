@@ -53,12 +53,14 @@ def _trainable_state(model: SynSeg) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: SynSeg, path: str | Path, card: Mapping[str, Any] | None = None,
-                    include_clip: bool | None = None) -> Path:
+                    include_clip: bool | None = None, clip_dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` in the project's format: a safetensors file written atomically.
 
     It holds the trainable weights (decoder with FiLM, projector), plus CLIP's when CLIP cannot be had
     from its config alone (``include_clip=None`` decides: CLIP is included unless ``clip_pretrained`` is
-    an open_clip tag). The metadata carries the ``SynSegConfig`` and a model card (JSON).
+    an open_clip tag). The metadata carries the ``SynSegConfig`` and a model card (JSON). ``clip_dtype``
+    stores the frozen CLIP tensors in another precision (e.g. float16 to halve a shipped file); loading
+    casts them back to the model's.
     """
     from safetensors.torch import save_file
 
@@ -69,7 +71,8 @@ def save_checkpoint(model: SynSeg, path: str | Path, card: Mapping[str, Any] | N
         include_clip = tag is None or Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors")
     state = dict(_trainable_state(model))
     if include_clip:
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("clip.")})
+        state.update({k: v if clip_dtype is None or not v.is_floating_point() else v.to(clip_dtype)
+                      for k, v in model.state_dict().items() if k.startswith("clip.")})
         # The weights travel inside this file: a reader must not look for the original source.
         config = config.replace(clip_pretrained=None)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}

@@ -97,3 +97,27 @@ def test_vit_b16_parameter_count():
     model = create_model("synseg-vit-b-16", clip_pretrained=None)
     total = sum(p.numel() for p in model.parameters())
     assert abs(total - 151e6) <= 1e6, total
+
+
+def test_resnet_clip_tower():
+    """CLIP's ResNet towers feed the same decoder: stages on one token grid, widths per stage, any input size."""
+    from synseg_model.backends import SegmentationModule, export_program
+    from synseg_model.clip import activation_widths, token_stride, visual_activations
+
+    torch.manual_seed(0)
+    tiny = create_model("synseg-tiny")
+    rn_clip = {**tiny.config.clip_config, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8}}
+    model = SynSeg(tiny.config.replace(clip_config=rn_clip, extract_layers=(1, 2, 3))).eval()
+    visual = model.clip.visual
+    assert activation_widths(visual, (1, 2, 3)) == [64, 128, 256] and token_stride(visual, (1, 2, 3)) == 8
+    images = torch.randn(2, 3, 64, 64)
+    acts = visual_activations(visual, images, (1, 2, 3))
+    assert [tuple(a.shape) for a in acts] == [(2, 65, 64), (2, 65, 128), (2, 65, 256)]
+    torch.testing.assert_close(acts[0][:, 0], acts[0][:, 1:].mean(1))  # the mean token stands in for CLS
+    text = model.encode_text(["circle", "grass"])
+    assert model(images, text).shape == (2, 2, 64, 64)
+    assert model(torch.randn(1, 3, 70, 90), text).shape == (1, 2, 70, 90)
+    with pytest.raises(ValueError, match="exceed the 4 layers"):
+        SynSeg(model.config.replace(extract_layers=(2, 4)))
+    program = export_program(SegmentationModule(model, 64), max_categories=4)
+    torch.testing.assert_close(program.module()(images[:1], text), model(images[:1], text))

@@ -57,6 +57,18 @@ def test_checkpoint_round_trip_is_bit_exact(tiny_model, tmp_path):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_half_precision_clip_loads_as_float32(tiny_model, tmp_path):
+    full = save_checkpoint(tiny_model, tmp_path / "f32.safetensors")
+    half = save_checkpoint(tiny_model, tmp_path / "f16.safetensors", clip_dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    ours, theirs = tiny_model.state_dict(), loaded.state_dict()
+    assert all(theirs[k].dtype == ours[k].dtype for k in ours)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("clip."))  # heads exact
+    torch.testing.assert_close(theirs["clip.visual.conv1.weight"], ours["clip.visual.conv1.weight"],
+                               rtol=1e-3, atol=1e-4)
+
+
 def test_checkpoint_without_clip_holds_only_trainable(tmp_path):
     model = create_model("synseg-tiny")
     path = save_checkpoint(model, tmp_path / "heads.safetensors", include_clip=False)
