@@ -1,9 +1,10 @@
-"""Shapes world: the generator and its data formats."""
+"""Shapes world: generator, data formats, the three-stage pipeline at CI size, and the committed model."""
 
 from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,37 @@ def test_captions_name_shapes_and_vary(world):
     assert any("stock" in c for c in captions) and any("pair of" in c or " two " in c for c in captions)
 
 
+def _losses(log: Path, pattern: str) -> list[float]:
+    import re
+
+    return [float(m) for m in re.findall(pattern, log.read_text())]
+
+
+def _falls(values: list[float]) -> bool:
+    k = max(1, len(values) // 3)
+    return np.mean(values[-k:]) < np.mean(values[:k])
+
+
+def test_noun_shards_carry_the_caption_labels(tiny_data, tmp_path):
+    import webdataset as wds
+
+    from training import prepare_labels
+    from training.shapes.clip_stage import shard_pattern, write_noun_shards
+
+    pattern, count = shard_pattern(tiny_data / "train")
+    prepare_labels.main(["--shards", pattern, "--out", str(tmp_path / "labels")])
+    labels = {}
+    for sidecar in (tmp_path / "labels").glob("*.json"):
+        labels.update(json.loads(sidecar.read_text()))
+    out = write_noun_shards(tiny_data / "train", tmp_path / "labels", tmp_path / "nouns")
+    samples = list(wds.WebDataset(shard_pattern(out)[0], shardshuffle=False))
+    assert len(samples) == count
+    for sample in samples:
+        words = labels[sample["__key__"]]
+        if words:
+            assert sample["txt"].decode() == ", ".join(words)
+
+
 def test_gate_auc():
     from training.shapes.gate import auc
 
@@ -141,3 +173,71 @@ def test_gate_auc():
     assert auc(np.array([0.5, 0.5, 0.5, 0.5, 0.5]), positive) == 0.5  # ties count half
     assert auc(np.array([0.9, 0.2, 0.5, 0.1, 0.3]), positive) == pytest.approx(4 / 6)
     assert np.isnan(auc(np.array([0.1, 0.2]), np.array([True, True])))
+
+
+def test_three_stages_ci_sized(tmp_path):
+    """The pipeline's own stage functions at CI size: data, CLIP, dense decoder, MCCL, evaluation."""
+    from training.shapes.pipeline import Pipeline, load_pipeline_config
+
+    cfg = load_pipeline_config("config/shapes/pipeline.yaml", [
+        "data.train=64", "data.val=4", "data.dev=4", "data.shard_size=32", "data.workers=1", "threads=1",
+        "require_gate=false",
+        'stage1.overrides=["phases=[{name: nouns, captions: nouns, epochs: 2}, {name: clip, epochs: 2}]", '
+        '"batch_size=16", "open_clip_train.warmup=1", '
+        '"open_clip_train.lr=2e-3", "open_clip_train.log-every-n-steps=1", "open_clip_train.report-to=\'\'"]',
+        'stage2.overrides=["train.steps=12", "train.batch_size=8", "train.log_every=1", "data.workers=0", '
+        '"optim.warmup_steps=1", "optim.lr=3e-3", "data.shuffle_buffer=8"]',
+        'stage3.overrides=["train.steps=10", "train.batch_size=8", "train.log_every=1", "data.workers=0", '
+        '"optim.warmup_steps=1", "optim.lr=1e-3", "data.shuffle_buffer=8", "train.ckpt_every=5"]',
+    ])
+    pipeline = Pipeline(cfg, tmp_path)
+    pipeline.make_data()
+    labels = json.loads((tmp_path / "data/labels/00000.json").read_text())
+    assert len(labels) == 32 and sum(map(len, labels.values())) > 32  # spaCy labels, joined by key
+    assert Pipeline(cfg, tmp_path, reuse=True)._data_matches(cfg["data"])  # --reuse keeps this data...
+    assert not Pipeline(cfg, tmp_path, reuse=True)._data_matches({**cfg["data"], "seed": 1})  # ...not other
+
+    clip_checkpoint, figures = pipeline.stage1()
+    assert clip_checkpoint.is_file() and set(figures["auc"]) == set(pipeline.world.class_names)
+    assert _falls(_losses(tmp_path / "stage1/nouns/out.log", r"Contrastive_loss: ([\d.]+)"))
+    assert clip_checkpoint == tmp_path / "stage1/clip/checkpoints/epoch_2.pt"  # the second phase's
+
+    stage2 = pipeline.stage2(clip_checkpoint)
+    assert _falls(_losses(tmp_path / "stage2/train.log", r" bce=([\d.]+)"))
+
+    stage3 = pipeline.stage3("paper", stage2)
+    assert _falls(_losses(tmp_path / "stage3/paper/train.log", r" total=([\d.]+)"))
+
+    # The best recipe is the candidate best on dev; its ablations inherit that candidate's overrides.
+    assert pipeline.choose("best", {"area_low": 1.0, "area_high": 3.0, "area_high_slow": 2.0}) == "area_high"
+    high = pipeline.cfg["variants"]["area_high"]["overrides"]
+    assert pipeline.variant_overrides("no_sep") == high + ["loss.weights=[1.0, 1.0, 1.0, 0.0]"]
+
+    row = pipeline.evaluate_row("paper", stage3)
+    for split in ("test", "dev"):
+        assert 0 <= row[split]["miou"] <= 100 and 0 <= row[split]["act_on"] <= 1
+        assert row[split]["num_images"] == 4
+
+
+# mIoU points the committed model may lose on freshly generated scenes against the test-split figure in its
+# model card: a 60-image sample of the world scatters by about 2 points (standard deviation, measured over
+# 10 seeds), so a broken model or pipeline, not chance, falls below this.
+FRESH_SCENES = 60
+FRESH_MARGIN = 5.0
+
+
+def test_committed_model_segments_fresh_scenes(tmp_path):
+    from synseg_model import default_checkpoint_path, load_checkpoint
+    from training.evaluate import evaluate_model
+
+    path = default_checkpoint_path()
+    assert path.is_file(), f"the offline default model is missing: {path} (make shapes writes it)"
+    assert path.stat().st_size <= 25 * 2**20
+    model = load_checkpoint(path)
+    card = model.model_card
+    generate(tmp_path, train=0, val=FRESH_SCENES, seed=987_654)  # a seed no training run used
+    size = model.config.image_size
+    result = evaluate_model(model, tmp_path / "val" / "dataset.yaml", tmp_path / "val", short_side=size,
+                            crop_size=size, stride=size)
+    assert result["num_images"] == FRESH_SCENES
+    assert result["miou"] >= card["metrics"]["test_miou"] - FRESH_MARGIN, (result["miou"], card["metrics"])

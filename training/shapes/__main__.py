@@ -22,9 +22,13 @@ def clip_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Stage 1: train the shapes world's CLIP with open_clip_train.")
     parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml")
     parser.add_argument("--train-dir", type=Path, required=True, help="folder of shards with sizes.json")
+    parser.add_argument("--labels-dir", type=Path, default=None,
+                        help="spaCy label sidecars of the shards (training.prepare_labels); needed by phases "
+                             "with captions: nouns")
     parser.add_argument("--out", type=Path, required=True, help="open_clip_train's --logs folder")
     args = parser.parse_args(argv)
-    print(clip_stage.train_clip(clip_stage.load_stage1_config(args.config), args.train_dir, args.out))
+    cfg = clip_stage.load_stage1_config(args.config)
+    print(clip_stage.train_clip(cfg, args.train_dir, args.out, args.labels_dir))
 
 
 def gate_main(argv: list[str] | None = None) -> None:

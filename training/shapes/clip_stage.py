@@ -2,6 +2,10 @@
 
 The architecture is an open_clip model-config JSON of this project, registered with
 ``open_clip.add_model_config`` before ``open_clip_train.main.main(argv)`` runs in this process.
+
+A phase reads either the shards' own captions (``captions: full``) or copies of the shards whose text is
+the caption's labels from the spaCy extraction joined by commas (``captions: nouns``, e.g. "pink circle,
+sand"): a curriculum that starts contrastive learning on what the captions name before their noise.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import yaml
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CAPTIONS = ("full", "nouns")
 
 
 def load_stage1_config(path: str | Path) -> dict[str, Any]:
@@ -33,7 +38,10 @@ def load_stage1_config(path: str | Path) -> dict[str, Any]:
         if key not in cfg:
             raise ValueError(f"{path}: missing key {key!r}")
     if not cfg["phases"] or any("name" not in p or "epochs" not in p for p in cfg["phases"]):
-        raise ValueError(f"{path}: 'phases' must list at least one {{name, epochs, args}}")
+        raise ValueError(f"{path}: 'phases' must list at least one {{name, epochs, captions, args}}")
+    for phase in cfg["phases"]:
+        if phase.get("captions", "full") not in CAPTIONS:
+            raise ValueError(f"{path}: phase {phase['name']!r}: captions must be one of {CAPTIONS}")
     return cfg
 
 
@@ -59,6 +67,30 @@ def shard_pattern(train_dir: Path) -> tuple[str, int]:
     first, last = Path(names[0]).stem, Path(names[-1]).stem
     pattern = str(train_dir / (f"{first}.tar" if first == last else f"{{{first}..{last}}}.tar"))
     return pattern, sum(sizes.values())
+
+
+def write_noun_shards(train_dir: Path, labels_dir: Path, out_dir: Path) -> Path:
+    """Copies of the shards of ``train_dir`` whose ``txt`` is the caption's labels joined by commas.
+
+    Labels are the ``training.prepare_labels`` sidecars in ``labels_dir``; a sample without labels keeps its
+    caption. Returns ``out_dir`` (with its ``sizes.json``).
+    """
+    import webdataset as wds
+
+    sizes = json.loads((train_dir / "sizes.json").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in sorted(sizes):
+        sidecar = labels_dir / f"{Path(name).stem}.json"
+        if not sidecar.is_file():
+            raise FileNotFoundError(f"{sidecar}: no labels for shard {name} (run training.prepare_labels)")
+        labels = json.loads(sidecar.read_text())
+        with wds.TarWriter(str(out_dir / name)) as sink:
+            for sample in wds.WebDataset(str(train_dir / name), shardshuffle=False):
+                words = labels.get(sample["__key__"])
+                text = ", ".join(words) if words else sample["txt"].decode()
+                sink.write({"__key__": sample["__key__"], "jpg": sample["jpg"], "txt": text})
+    (out_dir / "sizes.json").write_text(json.dumps(sizes, indent=1))
+    return out_dir
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
@@ -89,17 +121,27 @@ def build_argv(cfg: dict[str, Any], phase: dict[str, Any], model_name: str, patt
     return argv + _flags(cfg["open_clip_train"]) + _flags(phase.get("args") or {})
 
 
-def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path) -> Path:
+def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: Path | None = None,
+               reuse: bool = False) -> Path:
     """Run open_clip_train's phases on the shards in ``train_dir``; returns the last phase's final checkpoint.
 
     Each phase is one open_clip_train run under ``out_dir/<phase name>`` that starts from the previous
     phase's weights (``--pretrained``; a fresh optimiser and schedule). Earlier runs of the same names are
-    removed first (open_clip_train refuses to overwrite an experiment).
+    removed first (open_clip_train refuses to overwrite an experiment). Phases with ``captions: nouns``
+    need ``labels_dir`` (the spaCy sidecars of the shards). With ``reuse``, a phase whose final checkpoint
+    exists is not run again (an interrupted run goes on from its last finished phase).
     """
     import open_clip_train.data
     import open_clip_train.main
 
     model_name, _ = register_model_config(cfg["model_config"])
+    shards = {"full": train_dir}
+    if any(p.get("captions") == "nouns" for p in cfg["phases"]):
+        if labels_dir is None:
+            raise ValueError("a phase with captions: nouns needs the labels folder (training.prepare_labels)")
+        nouns = out_dir / "noun_shards"
+        done = reuse and (nouns / "sizes.json").is_file()
+        shards["nouns"] = nouns if done else write_noun_shards(train_dir, labels_dir, nouns)
     pattern, num_samples = shard_pattern(train_dir)
     if num_samples < cfg["batch_size"]:
         raise ValueError(f"{train_dir}: {num_samples} samples, fewer than one batch of {cfg['batch_size']}")
@@ -110,14 +152,20 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path) -> Path:
     checkpoint = None
     for phase in cfg["phases"]:
         run_dir = out_dir / phase["name"]
+        final = run_dir / "checkpoints" / f"epoch_{phase['epochs']}.pt"
+        if reuse and final.is_file():
+            logger.info("stage 1: reusing phase %s (%s)", phase["name"], final)
+            checkpoint = final
+            continue
         if run_dir.exists():
             shutil.rmtree(run_dir)
+        pattern = shard_pattern(shards[phase.get("captions", "full")])[0]
         argv = build_argv(cfg, phase, model_name, pattern, num_samples, out_dir, phase["name"], checkpoint)
         logger.info("open_clip_train %s", " ".join(argv))
         status = open_clip_train.main.main(argv)
         if status not in (None, 0):
             raise RuntimeError(f"open_clip_train failed with status {status}; see {run_dir}/out.log")
-        checkpoint = run_dir / "checkpoints" / f"epoch_{phase['epochs']}.pt"
+        checkpoint = final
         if not checkpoint.is_file():
             raise RuntimeError(f"open_clip_train wrote no final checkpoint {checkpoint}")
     return checkpoint

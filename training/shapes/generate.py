@@ -2,7 +2,7 @@
 
 Layout of ``--out DIR``::
 
-    DIR/manifest.json                    seed, counts, class table, world file
+    DIR/manifest.json                    seed, counts, class table, world file and its contents
     DIR/train/{00000..0000N}.tar         img2dataset-style shards: {key}.jpg .txt .json .seg.png
     DIR/train/sizes.json                 samples per shard (read by open_clip_train)
     DIR/val/JPEGImages/{id}.jpg          held-out images
@@ -214,7 +214,8 @@ def generate(out: Path, train: int, val: int, seed: int, world_path: str | Path 
         write_val(world, out / "val", seed, val)
     manifest = {"seed": seed, "train": train, "val": val, "shard_size": shard_size,
                 "world": world.source, "classes": world.class_names,
-                "stuff": world.stuff_names, "shapes": world.shape_names, "image_size": world.image_size}
+                "stuff": world.stuff_names, "shapes": world.shape_names, "image_size": world.image_size,
+                "world_spec": world.spec}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     logger.info("wrote %d training and %d held-out scenes to %s", train, val, out)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from synseg_model import SynSeg, SynSegConfig, default_checkpoint_path, load_checkpoint, save_checkpoint
+from synseg_model import SynSeg, default_checkpoint_path, load_checkpoint, save_checkpoint
 from training import evaluate as evaluation
 from training import prepare_labels
 from training import train as trainer
@@ -78,9 +78,11 @@ def _write_yaml(tree: dict[str, Any], path: Path) -> Path:
 class Pipeline:
     """The stages of one shapes-world run under ``out``; each stage's outputs are files under it."""
 
-    def __init__(self, cfg: dict[str, Any], out: Path) -> None:
+    def __init__(self, cfg: dict[str, Any], out: Path, reuse: bool = False) -> None:
         self.cfg = cfg
         self.out = out
+        self.reuse = reuse
+        self.chosen: dict[str, str] = {}  # variant with ``choose`` -> the candidate it became
         self.world = load_world(cfg["data"].get("world"))
         self.data = out / "data"
         self.timings: dict[str, float] = {}
@@ -103,16 +105,32 @@ class Pipeline:
     def make_data(self) -> None:
         """Training shards + test split (seed), dev split (seed + dev_seed_offset), spaCy label sidecars."""
         d = self.cfg["data"]
+        if self.reuse and self._data_matches(d):
+            logger.info("data: reusing %s", self.data)
+            return
         generate.generate(self.data, d["train"], d["val"], d["seed"], d.get("world"), d["shard_size"],
                           d["workers"])
         generate.generate(self.data / "dev", 0, d["dev"], d["seed"] + d["dev_seed_offset"], d.get("world"))
         pattern, _ = clip_stage.shard_pattern(self.data / "train")
         prepare_labels.main(["--shards", pattern, "--out", str(self.data / "labels"), "--overwrite"])
 
+    def _data_matches(self, d: dict[str, Any]) -> bool:
+        """Whether finished data under ``self.data`` was written with these data settings."""
+        try:
+            manifest = json.loads((self.data / "manifest.json").read_text())
+            dev = json.loads((self.data / "dev" / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        world = json.loads(json.dumps(self.world.spec))  # as the manifest holds it (JSON keys are strings)
+        return (manifest["seed"], manifest["train"], manifest["val"], manifest.get("world_spec"), dev["val"],
+                manifest["shard_size"]) == (d["seed"], d["train"], d["val"], world, d["dev"],
+                                            d["shard_size"]) and (self.data / "labels").is_dir()
+
     # ------------------------------------------------------------------------------------------- stage 1
     def stage1(self) -> tuple[Path, dict[str, Any]]:
         """Train the CLIP, run the gate on the test split; raises RuntimeError when the gate fails."""
-        checkpoint = clip_stage.train_clip(self.stage1_cfg, self.data / "train", self.out / "stage1")
+        checkpoint = clip_stage.train_clip(self.stage1_cfg, self.data / "train", self.out / "stage1",
+                                           self.data / "labels", reuse=self.reuse)
         model, tokenizer = gate.load_open_clip(self.model_name, checkpoint)
         images, labels = gate.load_voc_split(self.test_root)
         mean, std = self.stage1_cfg["open_clip_train"]["image-mean"], self.stage1_cfg["open_clip_train"]["image-std"]
@@ -149,6 +167,11 @@ class Pipeline:
         tree["model"]["clip_config"] = self.clip_arch
         tree["model"]["clip_pretrained"] = str(clip_checkpoint)
         tree["data"]["shards"] = clip_stage.shard_pattern(self.data / "train")[0]
+        export = self.out / "stage2" / trainer.EXPORT_NAME
+        if self.reuse and export.is_file() and (self.out / "stage2.yaml").is_file() and \
+                yaml.safe_load((self.out / "stage2.yaml").read_text()) == tree:
+            logger.info("stage 2: reusing %s", export)
+            return export
         return self._train(tree, "stage2", [])
 
     def untrained(self, stage2_model: Path) -> Path:
@@ -174,9 +197,19 @@ class Pipeline:
 
     def variant_overrides(self, variant: str) -> list[str]:
         """A variant's overrides: those of its ``base`` variant (if any), then its own."""
+        if variant in self.chosen:
+            return self.variant_overrides(self.chosen[variant])
         spec = self.cfg["variants"][variant]
         base = self.variant_overrides(spec["base"]) if spec.get("base") else []
         return base + list(spec.get("overrides") or [])
+
+    def choose(self, variant: str, rows_dev: dict[str, float]) -> str:
+        """The candidate of ``variant``'s ``choose`` list with the best dev mIoU; remembered for its ablations."""
+        name = max(self.cfg["variants"][variant]["choose"], key=lambda c: rows_dev[c])
+        self.chosen[variant] = name
+        logger.info("%s: %s (dev mIoU %s)", variant, name,
+                    {c: round(rows_dev[c], 2) for c in self.cfg["variants"][variant]["choose"]})
+        return name
 
     def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> Path:
         """Among the run's step checkpoints (and its start), the one with the best dev mIoU.
@@ -188,13 +221,16 @@ class Pipeline:
         for path in list_checkpoints(run_dir):
             state = torch.load(path, map_location="cpu", weights_only=True)
             candidates[int(state["step"])] = state["model"]
-        scores = {}
+        scores, curve = {}, {}
         for step, state in sorted(candidates.items()):
             load_trainable_state(model, state, f"{run_dir} step {step}")
-            scores[step] = self.score(model, self.dev_root)["miou"]
+            result = self.score(model, self.dev_root)
+            scores[step] = result["miou"]
+            curve[step] = {k: result[k] for k in ("miou", "miou_seen", "miou_unseen", "act_on", "act_off")}
         best = max(scores, key=lambda s: scores[s])
         load_trainable_state(model, candidates[best], f"{run_dir} step {best}")
-        (run_dir / "dev_selection.json").write_text(json.dumps({"dev_miou": scores, "chosen_step": best}, indent=1))
+        (run_dir / "dev_selection.json").write_text(json.dumps({"dev_by_step": curve, "chosen_step": best},
+                                                               indent=1))
         logger.info("%s: dev mIoU by step %s -> step %d", run_dir.name,
                     {k: round(v, 2) for k, v in scores.items()}, best)
         card = dict(load_checkpoint(export).model_card, selected_step=best, dev_miou_by_step=scores)
@@ -233,15 +269,20 @@ class Pipeline:
         self.timings["stage1"] = time.perf_counter() - tick
         stage2_model = self.stage2(clip_checkpoint)
         checkpoints = {"untrained": self.untrained(stage2_model), "stage2": stage2_model}
+        dev_miou: dict[str, float] = {}
         for variant, spec in self.cfg["variants"].items():
-            init = checkpoints[spec.get("init", "stage2")]
-            checkpoints[variant] = self.stage3(variant, init)
+            if spec.get("choose"):
+                checkpoints[variant] = checkpoints[self.choose(variant, dev_miou)]
+                continue
+            checkpoints[variant] = self.stage3(variant, checkpoints[spec.get("init", "stage2")])
+            dev_miou[variant] = self.score(load_checkpoint(checkpoints[variant]), self.dev_root)["miou"]
         tick = time.perf_counter()
         rows = {name: self.evaluate_row(name, path) for name, path in checkpoints.items()}
         self.timings["evaluation"] = time.perf_counter() - tick
         shipped = self.choose_default(rows)
         results = {
             "rows": rows, "row_labels": self.row_labels(), "gate": gate_figures, "shipped": shipped,
+            "chosen": self.chosen,
             "seen_classes": _stage_config(self.cfg["stage2"])["data"]["classes"],
             "classes": self.world.class_names, "config": self.cfg, "timings_s": self.timings,
             "machine": {"cpu_threads": self.cfg["threads"], "platform": platform.platform()},
@@ -258,6 +299,8 @@ class Pipeline:
     def row_labels(self) -> dict[str, str]:
         labels = {"untrained": "(a) untrained decoder", "stage2": "(b) stage 2 alone (dense BCE)"}
         labels.update({name: spec["row"] for name, spec in self.cfg["variants"].items()})
+        for name, candidate in self.chosen.items():
+            labels[name] += f" = {candidate}"
         return labels
 
     def choose_default(self, rows: dict[str, dict[str, Any]]) -> str:
@@ -292,7 +335,9 @@ class Pipeline:
                         "num_test_images": test["num_images"]},
             "evaluation": {k: self.cfg["evaluation"][k] for k in ("short_side", "crop_size", "stride")},
         }
-        path = save_checkpoint(model, default_checkpoint_path(), card=card)
+        # The frozen CLIP travels in float16 (cast back on load) to keep the shipped file small.
+        card["clip_storage"] = "float16"
+        path = save_checkpoint(model, default_checkpoint_path(), card=card, clip_dtype=torch.float16)
         logger.info("installed %s (%s) as the default model: %s (%.1f MB)", name, self.row_labels()[name], path,
                     path.stat().st_size / 2**20)
         return path
@@ -337,6 +382,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/shapes"), help="output folder")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pipeline config key (dotted), e.g. data.train=2000; repeatable")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep data, finished stage-1 phases and the stage-2 model already in --out (same "
+                             "settings) instead of redoing them; stage 3 and the evaluation are redone")
     parser.add_argument("--install-default", action="store_true",
                         help="write the model chosen on the dev split to synseg_model/weights/")
     return parser
@@ -345,4 +393,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     cfg = load_pipeline_config(args.config, args.overrides)
-    return Pipeline(copy.deepcopy(cfg), args.out).run(install_default=args.install_default)
+    return Pipeline(copy.deepcopy(cfg), args.out, reuse=args.reuse).run(install_default=args.install_default)
