@@ -14,14 +14,17 @@ from tests.ros_helpers import Probe, image_msg, mask_array, start_node, stop_nod
 
 pytestmark = pytest.mark.ros
 
-SCENES = 6
+SCENES = 12
 SEED = 7
 # Classes covering less of an image than this are too small to score reliably at 64 px.
 MIN_CLASS_FRACTION = 0.02
-# The masks must overlap the truth clearly better than whole-image masks do (about 0.35 here: the stuff
-# classes cover large areas); the bound sits below what the default model reaches on the held-out split, so
-# that it tests the node's path (conversion, model, thresholding, messages), not the model's edge.
-MIN_MEAN_IOU = 0.45
+# Scored: the classes the default model was trained densely on (its model card's `seen_in_stage2`); on the
+# others it is near chance (README, "Shapes world"), which would test the model, not the node. The masks
+# must overlap the truth clearly better than whole-image masks do; MEASURED_IOU is what this test measured
+# with the committed model, and the bound sits a margin below it, so that it tests the node's path
+# (conversion, model, thresholding, messages), not the model's edge.
+MEASURED_IOU = 0.68    # 0.684 over 14 class instances (whole-image masks: 0.367), 12 scenes
+MIN_MEAN_IOU = MEASURED_IOU - 0.1
 MIN_GAIN_OVER_WHOLE_IMAGE = 0.1
 MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 
@@ -31,7 +34,10 @@ MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machi
 def test_default_model_masks_overlap_the_true_shapes(ros_context, tmp_path):
     from synseg_ros.msg import SegmentationMasks
 
+    from synseg_model import load_checkpoint
     from training.shapes.generate import generate
+
+    scored = set(load_checkpoint(default_checkpoint_path()).model_card["seen_in_stage2"])
 
     generate(tmp_path / "scenes", train=0, val=SCENES, seed=SEED)
     val = tmp_path / "scenes" / "val"
@@ -59,7 +65,7 @@ def test_default_model_masks_overlap_the_true_shapes(ros_context, tmp_path):
             assert list(out.labels) == classes
             for index, label in enumerate(classes):
                 gt = truth == index
-                if gt.mean() < MIN_CLASS_FRACTION:
+                if label not in scored or gt.mean() < MIN_CLASS_FRACTION:
                     continue
                 pred = mask_array(out.masks[index]) > 0
                 ious.append((pred & gt).sum() / max(1, (pred | gt).sum()))
