@@ -204,6 +204,9 @@ def test_three_stages_ci_sized(tmp_path):
 
     stage2 = pipeline.stage2(clip_checkpoint)
     assert _falls(_losses(tmp_path / "stage2/train.log", r" bce=([\d.]+)"))
+    written = stage2.stat().st_mtime_ns
+    assert Pipeline(cfg, tmp_path, reuse=True).stage2(clip_checkpoint) == stage2  # --reuse: not retrained
+    assert stage2.stat().st_mtime_ns == written
 
     stage3 = pipeline.stage3("paper", stage2)
     assert _falls(_losses(tmp_path / "stage3/paper/train.log", r" total=([\d.]+)"))

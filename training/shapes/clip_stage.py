@@ -128,8 +128,8 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
     Each phase is one open_clip_train run under ``out_dir/<phase name>`` that starts from the previous
     phase's weights (``--pretrained``; a fresh optimiser and schedule). Earlier runs of the same names are
     removed first (open_clip_train refuses to overwrite an experiment). Phases with ``captions: nouns``
-    need ``labels_dir`` (the spaCy sidecars of the shards). With ``reuse``, a phase whose final checkpoint
-    exists is not run again (an interrupted run goes on from its last finished phase).
+    need ``labels_dir`` (the spaCy sidecars of the shards). With ``reuse``, leading phases whose final
+    checkpoints exist are not run again (an interrupted run goes on from its last finished phase).
     """
     import open_clip_train.data
     import open_clip_train.main
@@ -157,6 +157,7 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
             logger.info("stage 1: reusing phase %s (%s)", phase["name"], final)
             checkpoint = final
             continue
+        reuse = False  # the phases after one that runs again start from new weights
         if run_dir.exists():
             shutil.rmtree(run_dir)
         pattern = shard_pattern(shards[phase.get("captions", "full")])[0]

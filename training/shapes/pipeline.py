@@ -168,8 +168,10 @@ class Pipeline:
         tree["model"]["clip_pretrained"] = str(clip_checkpoint)
         tree["data"]["shards"] = clip_stage.shard_pattern(self.data / "train")[0]
         export = self.out / "stage2" / trainer.EXPORT_NAME
+        # Same settings, and trained after the CLIP it names (a retrained stage 1 writes the same path).
         if self.reuse and export.is_file() and (self.out / "stage2.yaml").is_file() and \
-                yaml.safe_load((self.out / "stage2.yaml").read_text()) == tree:
+                yaml.safe_load((self.out / "stage2.yaml").read_text()) == tree and \
+                export.stat().st_mtime > clip_checkpoint.stat().st_mtime:
             logger.info("stage 2: reusing %s", export)
             return export
         return self._train(tree, "stage2", [])
