@@ -210,9 +210,16 @@ def test_three_stages_ci_sized(tmp_path):
 
     stage3 = pipeline.stage3("paper", stage2)
     assert _falls(_losses(tmp_path / "stage3/paper/train.log", r" total=([\d.]+)"))
+    selected, dev_miou = pipeline.select_on_dev(stage3, stage2, tmp_path / "stage3/paper")
+    curve = json.loads((tmp_path / "stage3/paper/dev_selection.json").read_text())["dev_by_step"]
+    assert set(curve) == {"0", "5", "10"} and dev_miou == max(c["miou"] for c in curve.values())
+    assert selected.is_file()
 
     # The best recipe is the candidate best on dev; its ablations inherit that candidate's overrides.
-    assert pipeline.choose("best", {"area_low": 1.0, "area_high": 3.0, "area_high_slow": 2.0}) == "area_high"
+    with pytest.raises(ValueError, match="must run before it"):
+        pipeline.choose("best")
+    pipeline.dev_miou.update(area_low=1.0, area_high=3.0, area_high_slow=2.0)
+    assert pipeline.choose("best") == "area_high"
     high = pipeline.cfg["variants"]["area_high"]["overrides"]
     assert pipeline.variant_overrides("no_sep") == high + ["loss.weights=[1.0, 1.0, 1.0, 0.0]"]
 

@@ -142,7 +142,7 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
         nouns = out_dir / "noun_shards"
         done = reuse and (nouns / "sizes.json").is_file()
         shards["nouns"] = nouns if done else write_noun_shards(train_dir, labels_dir, nouns)
-    pattern, num_samples = shard_pattern(train_dir)
+    num_samples = shard_pattern(train_dir)[1]
     if num_samples < cfg["batch_size"]:
         raise ValueError(f"{train_dir}: {num_samples} samples, fewer than one batch of {cfg['batch_size']}")
     # The library reads these module constants when it builds the webdataset pipeline.

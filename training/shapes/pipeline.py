@@ -83,6 +83,7 @@ class Pipeline:
         self.out = out
         self.reuse = reuse
         self.chosen: dict[str, str] = {}  # variant with ``choose`` -> the candidate it became
+        self.dev_miou: dict[str, float] = {}  # variant with ``select: dev`` -> dev mIoU of the step it kept
         self.world = load_world(cfg["data"].get("world"))
         self.data = out / "data"
         self.timings: dict[str, float] = {}
@@ -194,7 +195,7 @@ class Pipeline:
         tree["data"]["labels_dir"] = str(self.data / "labels")
         export = self._train(tree, f"stage3/{variant}", self.variant_overrides(variant))
         if spec.get("select") == "dev":
-            export = self.select_on_dev(export, init, self.out / "stage3" / variant)
+            export, self.dev_miou[variant] = self.select_on_dev(export, init, self.out / "stage3" / variant)
         return export
 
     def variant_overrides(self, variant: str) -> list[str]:
@@ -205,15 +206,22 @@ class Pipeline:
         base = self.variant_overrides(spec["base"]) if spec.get("base") else []
         return base + list(spec.get("overrides") or [])
 
-    def choose(self, variant: str, rows_dev: dict[str, float]) -> str:
-        """The candidate of ``variant``'s ``choose`` list with the best dev mIoU; remembered for its ablations."""
-        name = max(self.cfg["variants"][variant]["choose"], key=lambda c: rows_dev[c])
+    def choose(self, variant: str) -> str:
+        """The candidate of ``variant``'s ``choose`` list with the best dev mIoU; remembered for its ablations.
+
+        Raises:
+            ValueError: a candidate has not run yet or has no ``select: dev``.
+        """
+        candidates = self.cfg["variants"][variant]["choose"]
+        missing = [c for c in candidates if c not in self.dev_miou]
+        if missing:
+            raise ValueError(f"{variant}: candidates {missing} must run before it, with select: dev")
+        name = max(candidates, key=lambda c: self.dev_miou[c])
         self.chosen[variant] = name
-        logger.info("%s: %s (dev mIoU %s)", variant, name,
-                    {c: round(rows_dev[c], 2) for c in self.cfg["variants"][variant]["choose"]})
+        logger.info("%s: %s (dev mIoU %s)", variant, name, {c: round(self.dev_miou[c], 2) for c in candidates})
         return name
 
-    def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> Path:
+    def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> tuple[Path, float]:
         """Among the run's step checkpoints (and its start), the one with the best dev mIoU.
 
         Returns the path of that model in the foundation format (``selected.safetensors``).
@@ -223,12 +231,12 @@ class Pipeline:
         for path in list_checkpoints(run_dir):
             state = torch.load(path, map_location="cpu", weights_only=True)
             candidates[int(state["step"])] = state["model"]
-        scores, curve = {}, {}
+        curve = {}
         for step, state in sorted(candidates.items()):
             load_trainable_state(model, state, f"{run_dir} step {step}")
             result = self.score(model, self.dev_root)
-            scores[step] = result["miou"]
             curve[step] = {k: result[k] for k in ("miou", "miou_seen", "miou_unseen", "act_on", "act_off")}
+        scores = {step: c["miou"] for step, c in curve.items()}
         best = max(scores, key=lambda s: scores[s])
         load_trainable_state(model, candidates[best], f"{run_dir} step {best}")
         (run_dir / "dev_selection.json").write_text(json.dumps({"dev_by_step": curve, "chosen_step": best},
@@ -236,7 +244,7 @@ class Pipeline:
         logger.info("%s: dev mIoU by step %s -> step %d", run_dir.name,
                     {k: round(v, 2) for k, v in scores.items()}, best)
         card = dict(load_checkpoint(export).model_card, selected_step=best, dev_miou_by_step=scores)
-        return save_checkpoint(model, run_dir / "selected.safetensors", card=card)
+        return save_checkpoint(model, run_dir / "selected.safetensors", card=card), scores[best]
 
     # ------------------------------------------------------------------------------------- evaluation
     def score(self, model: SynSeg, root: Path) -> dict[str, Any]:
@@ -271,13 +279,11 @@ class Pipeline:
         self.timings["stage1"] = time.perf_counter() - tick
         stage2_model = self.stage2(clip_checkpoint)
         checkpoints = {"untrained": self.untrained(stage2_model), "stage2": stage2_model}
-        dev_miou: dict[str, float] = {}
         for variant, spec in self.cfg["variants"].items():
             if spec.get("choose"):
-                checkpoints[variant] = checkpoints[self.choose(variant, dev_miou)]
-                continue
-            checkpoints[variant] = self.stage3(variant, checkpoints[spec.get("init", "stage2")])
-            dev_miou[variant] = self.score(load_checkpoint(checkpoints[variant]), self.dev_root)["miou"]
+                checkpoints[variant] = checkpoints[self.choose(variant)]
+            else:
+                checkpoints[variant] = self.stage3(variant, checkpoints[spec.get("init", "stage2")])
         tick = time.perf_counter()
         rows = {name: self.evaluate_row(name, path) for name, path in checkpoints.items()}
         self.timings["evaluation"] = time.perf_counter() - tick
