@@ -119,6 +119,34 @@ def test_task_losses_match_their_definitions(tiny_model):
     assert 0 < stats["act_on"] < 1 and 0 < stats["act_off"] < 1
 
 
+def test_stabiliser_terms_area_and_anchor(tiny_model):
+    model = copy.deepcopy(tiny_model).eval()
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 64, 64), "labels": [["cat", "dog"], ["cat"]],
+             "label_mask": torch.tensor([[True, True], [True, False]])}
+    cache = TextEmbeddingCache(model, ["a photo of a {}."])
+    task = tasks.create_task("mccl", model, cache, LossConfig(area_weight=0.5, anchor_weight=2.0))
+    # The anchor is a frozen copy of the starting model that shares its CLIP and stays in eval mode.
+    assert task.anchor.clip is model.clip and task.anchor.decoder is not model.decoder
+    assert not any(p.requires_grad for p in task.anchor.decoder.parameters())
+    assert not task.train().anchor.training
+    task.eval()  # no dropout: the task and the reference below see the same network
+    logits = model(batch["image"], cache.batch_embeddings(batch["labels"]))
+    real = batch["label_mask"][:, :, None, None].expand_as(logits)
+    losses = task.training_forward(batch)
+    assert torch.allclose(losses["area"], 0.5 * torch.sigmoid(logits)[real].reshape(3, -1).mean())
+    # Unchanged weights: L_anchor is the maps' own binary entropy, and its gradient is zero.
+    p = torch.sigmoid(logits)[real]
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+    assert torch.allclose(losses["anchor"], 2.0 * entropy, atol=1e-5)
+    losses["anchor"].backward()
+    assert all(p.grad is None or p.grad.abs().max() < 1e-6 for p in model.decoder.parameters())
+    with torch.no_grad():  # the trained model moves; the anchor does not
+        for p in model.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert task.training_forward(batch)["anchor"] > losses["anchor"] + 1e-3
+
+
 def test_text_cache_encodes_each_label_once(tiny_model):
     calls = []
 

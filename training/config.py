@@ -59,6 +59,11 @@ class LossConfig:
     #   from growing; on its own it does not (cosine ignores the scale of (1 - a)^T P), so this term
     #   penalises the area directly. 0 = off (paper).
     area_weight: float = 0.0
+    # anchor_weight: weight of an extra term L_anchor = per-pixel BCE of each real label's map against the
+    #   map of a frozen copy of the starting model (the stage-2 decoder in the shapes world; CLIPSeg in the
+    #   paper's setting), averaged over pixels and labels. It keeps MCCL from undoing what the dense stage got
+    #   right while the caption losses move the maps. 0 = off (paper).
+    anchor_weight: float = 0.0
 
 
 @dataclass
@@ -250,6 +255,7 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(len(cfg.loss.sim_clip) == 2 and 0 < cfg.loss.sim_clip[0] < cfg.loss.sim_clip[1] < 1, "loss.sim_clip",
          "needs two values 0 < low < high < 1")
     need(cfg.loss.area_weight >= 0, "loss.area_weight", "must be >= 0 (0 disables)")
+    need(cfg.loss.anchor_weight >= 0, "loss.anchor_weight", "must be >= 0 (0 disables)")
     need(cfg.optim.lr > 0, "optim.lr", "must be positive")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",

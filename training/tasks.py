@@ -8,6 +8,8 @@ weighted, so the logged values add up to what is optimised.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,16 +83,32 @@ class MCCLTask(TrainingTask):
         self.weights = tuple(loss.weights)
         self.sim_clip = tuple(loss.sim_clip)      # stabiliser (config.LossConfig): paper = (0.005, 0.995)
         self.area_weight = loss.area_weight       # stabiliser (config.LossConfig): paper = 0
+        self.anchor_weight = loss.anchor_weight   # stabiliser (config.LossConfig): paper = 0
+        if self.anchor_weight > 0:
+            # A frozen copy of the starting decoder and projector; the CLIP is shared, not copied.
+            self.anchor = copy.deepcopy(model, memo={id(model.clip): model.clip}).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "MCCLTask":
+        super().train(mode)
+        if self.anchor_weight > 0:
+            self.anchor.eval()
+        return self
 
     def training_forward(self, batch: dict) -> dict[str, torch.Tensor]:
         text = self.label_embeddings(batch)
-        out = self.model(batch["image"], text, return_synergy=True)
+        activations = self.model.encode_image(batch["image"])
+        size = tuple(batch["image"].shape[-2:])
+        out = self.model.decode(activations, text, size, return_synergy=True)
         # Cosines near the 0.995 clip decide L_cont: compute them in float32 even under autocast.
         parts = mccl_loss(out.fg.float(), out.bg.float(), text, mask=batch["label_mask"],
                           weights=self.weights, clip=self.sim_clip)
         losses = {name: weight * parts[name] for name, weight in zip(MCCL_TERMS, self.weights) if weight > 0}
         if self.area_weight > 0:
             losses["area"] = self.area_weight * self.area_term(out.logits, batch["label_mask"])
+        if self.anchor_weight > 0:
+            with torch.no_grad():
+                target = torch.sigmoid(self.anchor.decode(activations, text, size).float())
+            losses["anchor"] = self.anchor_weight * self.anchor_term(out.logits, target, batch["label_mask"])
         return losses
 
     @staticmethod
@@ -103,6 +121,17 @@ class MCCLTask(TrainingTask):
         area = torch.sigmoid(logits.float()).mean(dim=(2, 3))                  # (B, K)
         m = label_mask.to(area.dtype)
         return (area * m).sum() / m.sum().clamp(min=1.0)
+
+    @staticmethod
+    def anchor_term(logits: torch.Tensor, target: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+        """L_anchor (a stabiliser, not in the paper): BCE of the maps against the frozen starting model's maps.
+
+        Args:
+            logits: (B, K, H, W). target: (B, K, H, W) in [0, 1]. label_mask: (B, K) bool.
+        """
+        per_map = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(2, 3))
+        m = label_mask.to(per_map.dtype)
+        return (per_map * m).sum() / m.sum().clamp(min=1.0)
 
 
 class DenseBCETask(TrainingTask):
