@@ -86,7 +86,7 @@ def zero_shot_gate(model: torch.nn.Module, tokenizer: Any, images: list[np.ndarr
     cos = (txt @ txt.T).numpy()
     off = cos - 2 * np.eye(len(class_names))
     a, b = np.unravel_index(np.argmax(off), off.shape)
-    failures = [f"AUC({c}) = {v:.3f} < {gate['min_auc']}" for c, v in aucs.items()
+    failures = [f"AUC({c}) = {v:.4f} < {gate['min_auc']}" for c, v in aucs.items()
                 if not v >= gate["min_auc"]]
     if off.max() > gate["max_text_cosine"]:
         failures.append(f"text cosine({class_names[a]}, {class_names[b]}) = {off.max():.3f} > "

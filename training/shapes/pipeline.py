@@ -138,9 +138,9 @@ class Pipeline:
         figures = gate.zero_shot_gate(model, tokenizer, images, labels, self.world.class_names,
                                       self.stage1_cfg["gate"], mean, std)
         (self.out / "stage1" / "gate.json").write_text(json.dumps(figures, indent=1))
-        logger.info("stage-1 gate: min AUC %.3f, max text cosine %.3f (%s): %s", figures["min_auc"],
+        logger.info("stage-1 gate: min AUC %.4f, max text cosine %.3f (%s): %s", figures["min_auc"],
                     figures["max_text_cosine"], "/".join(figures["max_text_cosine_pair"]),
-                    "passed" if figures["passed"] else "FAILED")
+                    "passed" if figures["passed"] else "FAILED: " + "; ".join(figures["failures"]))
         if not figures["passed"] and self.cfg.get("require_gate", True):
             raise RuntimeError("stage-1 CLIP failed the zero-shot gate: " + "; ".join(figures["failures"]))
         return checkpoint, figures
