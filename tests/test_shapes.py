@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from training.shapes.generate import generate, train_shard_scenes, val_scene
@@ -177,6 +178,7 @@ def test_gate_auc():
 
 def test_three_stages_ci_sized(tmp_path):
     """The pipeline's own stage functions at CI size: data, CLIP, dense decoder, MCCL, evaluation."""
+    from synseg_model import load_checkpoint
     from training.shapes.pipeline import Pipeline, load_pipeline_config
 
     cfg = load_pipeline_config("config/shapes/pipeline.yaml", [
@@ -210,18 +212,24 @@ def test_three_stages_ci_sized(tmp_path):
 
     stage3 = pipeline.stage3("paper", stage2)
     assert _falls(_losses(tmp_path / "stage3/paper/train.log", r" total=([\d.]+)"))
-    selected, dev_miou = pipeline.select_on_dev(stage3, stage2, tmp_path / "stage3/paper")
+    selected, dev_miou, step = pipeline.select_on_dev(stage3, stage2, tmp_path / "stage3/paper")
     curve = json.loads((tmp_path / "stage3/paper/dev_selection.json").read_text())["dev_by_step"]
-    assert set(curve) == {"0", "5", "10"} and dev_miou == max(c["miou"] for c in curve.values())
-    assert selected.is_file()
+    assert set(curve) == {"0", "5", "10"} and dev_miou == curve[str(step)]["miou"]
+    assert dev_miou == max(c["miou"] for c in curve.values()) and selected.is_file()
 
-    # The best recipe is the candidate best on dev; its ablations inherit that candidate's overrides.
+    # The best recipe is the candidate best on dev; its ablations inherit that candidate's overrides and
+    # keep the step it was chosen at.
     with pytest.raises(ValueError, match="must run before it"):
         pipeline.choose("best")
     pipeline.dev_miou.update(area_low=1.0, area_high=3.0, area_high_slow=2.0)
-    assert pipeline.choose("best") == "area_high"
+    pipeline.selected_step.update(area_low=0, area_high=5, area_high_slow=10)
+    assert pipeline.choose("best") == "area_high" and pipeline.selected_step["best"] == 5
     high = pipeline.cfg["variants"]["area_high"]["overrides"]
     assert pipeline.variant_overrides("no_sep") == high + ["loss.weights=[1.0, 1.0, 1.0, 0.0]"]
+    ablation = load_checkpoint(pipeline.stage3("no_sep", stage2))
+    at_5 = pipeline.step_states(tmp_path / "stage3/no_sep")[5]
+    assert ablation.model_card["selected_step"] == 5
+    assert all(torch.equal(ablation.state_dict()[k], v) for k, v in at_5.items())
 
     row = pipeline.evaluate_row("paper", stage3)
     for split in ("test", "dev"):

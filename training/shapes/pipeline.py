@@ -84,6 +84,7 @@ class Pipeline:
         self.reuse = reuse
         self.chosen: dict[str, str] = {}  # variant with ``choose`` -> the candidate it became
         self.dev_miou: dict[str, float] = {}  # variant with ``select: dev`` -> dev mIoU of the step it kept
+        self.selected_step: dict[str, int] = {}  # variant with ``select: dev`` or ``choose`` -> that step
         self.world = load_world(cfg["data"].get("world"))
         self.data = out / "data"
         self.timings: dict[str, float] = {}
@@ -187,15 +188,27 @@ class Pipeline:
                                card={"row": "untrained decoder", "seed": self.cfg["untrained"]["seed"]})
 
     def stage3(self, variant: str, init: Path) -> Path:
-        """One MCCL variant from ``init``; with ``select: dev`` the step checkpoint best on dev is kept."""
+        """One MCCL variant from ``init``.
+
+        With ``select: dev`` the step checkpoint best on dev is kept; with ``step_of: V`` the checkpoint at the
+        step kept for variant V (its step budget), or the whole run when V kept step 0 (no MCCL to compare with).
+        """
         spec = self.cfg["variants"][variant]
         tree = _stage_config(self.cfg["stage3"])
         tree["init_checkpoint"] = str(init)
         tree["data"]["shards"] = clip_stage.shard_pattern(self.data / "train")[0]
         tree["data"]["labels_dir"] = str(self.data / "labels")
         export = self._train(tree, f"stage3/{variant}", self.variant_overrides(variant))
+        run_dir = self.out / "stage3" / variant
         if spec.get("select") == "dev":
-            export, self.dev_miou[variant] = self.select_on_dev(export, init, self.out / "stage3" / variant)
+            export, self.dev_miou[variant], self.selected_step[variant] = self.select_on_dev(export, init, run_dir)
+        elif spec.get("step_of") and self.selected_step[spec["step_of"]] > 0:
+            step = self.selected_step[spec["step_of"]]
+            model = load_checkpoint(init)
+            load_trainable_state(model, self.step_states(run_dir)[step], f"{run_dir} step {step}")
+            card = dict(load_checkpoint(export).model_card, selected_step=step, step_of=spec["step_of"])
+            export = save_checkpoint(model, run_dir / "selected.safetensors", card=card)
+            logger.info("%s: step %d, the step kept for %s", variant, step, spec["step_of"])
         return export
 
     def variant_overrides(self, variant: str) -> list[str]:
@@ -218,19 +231,25 @@ class Pipeline:
             raise ValueError(f"{variant}: candidates {missing} must run before it, with select: dev")
         name = max(candidates, key=lambda c: self.dev_miou[c])
         self.chosen[variant] = name
+        self.selected_step[variant] = self.selected_step[name]
         logger.info("%s: %s (dev mIoU %s)", variant, name, {c: round(self.dev_miou[c], 2) for c in candidates})
         return name
 
-    def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> tuple[Path, float]:
+    @staticmethod
+    def step_states(run_dir: Path) -> dict[int, dict[str, torch.Tensor]]:
+        """The trainable weights of a run's step checkpoints, by step."""
+        states = (torch.load(path, map_location="cpu", weights_only=True) for path in list_checkpoints(run_dir))
+        return {int(state["step"]): state["model"] for state in states}
+
+    def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> tuple[Path, float, int]:
         """Among the run's step checkpoints (and its start), the one with the best dev mIoU.
 
-        Returns the path of that model in the foundation format (``selected.safetensors``).
+        Returns the path of that model in the foundation format (``selected.safetensors``), its dev mIoU
+        and its step.
         """
         model = load_checkpoint(init)
         candidates = {0: {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("clip.")}}
-        for path in list_checkpoints(run_dir):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            candidates[int(state["step"])] = state["model"]
+        candidates.update(self.step_states(run_dir))
         curve = {}
         for step, state in sorted(candidates.items()):
             load_trainable_state(model, state, f"{run_dir} step {step}")
@@ -244,7 +263,7 @@ class Pipeline:
         logger.info("%s: dev mIoU by step %s -> step %d", run_dir.name,
                     {k: round(v, 2) for k, v in scores.items()}, best)
         card = dict(load_checkpoint(export).model_card, selected_step=best, dev_miou_by_step=scores)
-        return save_checkpoint(model, run_dir / "selected.safetensors", card=card), scores[best]
+        return save_checkpoint(model, run_dir / "selected.safetensors", card=card), scores[best], best
 
     # ------------------------------------------------------------------------------------- evaluation
     def score(self, model: SynSeg, root: Path) -> dict[str, Any]:
