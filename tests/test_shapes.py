@@ -203,6 +203,9 @@ def test_three_stages_ci_sized(tmp_path):
     assert clip_checkpoint.is_file() and set(figures["auc"]) == set(pipeline.world.class_names)
     assert _falls(_losses(tmp_path / "stage1/nouns/out.log", r"Contrastive_loss: ([\d.]+)"))
     assert clip_checkpoint == tmp_path / "stage1/clip/checkpoints/epoch_2.pt"  # the second phase's
+    written = clip_checkpoint.stat().st_mtime_ns
+    assert Pipeline(cfg, tmp_path, reuse=True).stage1()[0] == clip_checkpoint  # --reuse: same command lines
+    assert clip_checkpoint.stat().st_mtime_ns == written
 
     stage2 = pipeline.stage2(clip_checkpoint)
     assert _falls(_losses(tmp_path / "stage2/train.log", r" bce=([\d.]+)"))

@@ -118,9 +118,7 @@ class MCCLTask(TrainingTask):
         Args:
             logits: (B, K, H, W). label_mask: (B, K) bool.
         """
-        area = torch.sigmoid(logits.float()).mean(dim=(2, 3))                  # (B, K)
-        m = label_mask.to(area.dtype)
-        return (area * m).sum() / m.sum().clamp(min=1.0)
+        return _mean_over_labels(torch.sigmoid(logits.float()).mean(dim=(2, 3)), label_mask)
 
     @staticmethod
     def anchor_term(logits: torch.Tensor, target: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
@@ -130,8 +128,13 @@ class MCCLTask(TrainingTask):
             logits: (B, K, H, W). target: (B, K, H, W) in [0, 1]. label_mask: (B, K) bool.
         """
         per_map = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(2, 3))
-        m = label_mask.to(per_map.dtype)
-        return (per_map * m).sum() / m.sum().clamp(min=1.0)
+        return _mean_over_labels(per_map, label_mask)
+
+
+def _mean_over_labels(per_map: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, K) per-map values over the real labels (``label_mask``), padding slots left out."""
+    m = label_mask.to(per_map.dtype)
+    return (per_map * m).sum() / m.sum().clamp(min=1.0)
 
 
 class DenseBCETask(TrainingTask):

@@ -128,8 +128,9 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
     Each phase is one open_clip_train run under ``out_dir/<phase name>`` that starts from the previous
     phase's weights (``--pretrained``; a fresh optimiser and schedule). Earlier runs of the same names are
     removed first (open_clip_train refuses to overwrite an experiment). Phases with ``captions: nouns``
-    need ``labels_dir`` (the spaCy sidecars of the shards). With ``reuse``, leading phases whose final
-    checkpoints exist are not run again (an interrupted run goes on from its last finished phase).
+    need ``labels_dir`` (the spaCy sidecars of the shards). With ``reuse``, leading phases that finished
+    with the same open_clip_train command line (``argv.json``) are not run again (an interrupted run goes on
+    from its last finished phase; a changed setting runs its phase and every later one again).
     """
     import open_clip_train.data
     import open_clip_train.main
@@ -153,15 +154,16 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
     for phase in cfg["phases"]:
         run_dir = out_dir / phase["name"]
         final = run_dir / "checkpoints" / f"epoch_{phase['epochs']}.pt"
-        if reuse and final.is_file():
+        record = run_dir / "argv.json"
+        pattern = shard_pattern(shards[phase.get("captions", "full")])[0]
+        argv = build_argv(cfg, phase, model_name, pattern, num_samples, out_dir, phase["name"], checkpoint)
+        if reuse and final.is_file() and record.is_file() and json.loads(record.read_text()) == argv:
             logger.info("stage 1: reusing phase %s (%s)", phase["name"], final)
             checkpoint = final
             continue
         reuse = False  # the phases after one that runs again start from new weights
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        pattern = shard_pattern(shards[phase.get("captions", "full")])[0]
-        argv = build_argv(cfg, phase, model_name, pattern, num_samples, out_dir, phase["name"], checkpoint)
         logger.info("open_clip_train %s", " ".join(argv))
         status = open_clip_train.main.main(argv)
         if status not in (None, 0):
@@ -169,4 +171,5 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
         checkpoint = final
         if not checkpoint.is_file():
             raise RuntimeError(f"open_clip_train wrote no final checkpoint {checkpoint}")
+        record.write_text(json.dumps(argv))
     return checkpoint

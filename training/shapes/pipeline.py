@@ -110,6 +110,7 @@ class Pipeline:
         if self.reuse and self._data_matches(d):
             logger.info("data: reusing %s", self.data)
             return
+        self.reuse = False  # every later stage was made from other data
         generate.generate(self.data, d["train"], d["val"], d["seed"], d.get("world"), d["shard_size"],
                           d["workers"])
         generate.generate(self.data / "dev", 0, d["dev"], d["seed"] + d["dev_seed_offset"], d.get("world"))
@@ -204,10 +205,8 @@ class Pipeline:
             export, self.dev_miou[variant], self.selected_step[variant] = self.select_on_dev(export, init, run_dir)
         elif spec.get("step_of") and self.selected_step[spec["step_of"]] > 0:
             step = self.selected_step[spec["step_of"]]
-            model = load_checkpoint(init)
-            load_trainable_state(model, self.step_states(run_dir)[step], f"{run_dir} step {step}")
-            card = dict(load_checkpoint(export).model_card, selected_step=step, step_of=spec["step_of"])
-            export = save_checkpoint(model, run_dir / "selected.safetensors", card=card)
+            export = self.save_selected(init, export, run_dir, step, self.step_states(run_dir)[step],
+                                        step_of=spec["step_of"])
             logger.info("%s: step %d, the step kept for %s", variant, step, spec["step_of"])
         return export
 
@@ -236,6 +235,15 @@ class Pipeline:
         return name
 
     @staticmethod
+    def save_selected(init: Path, export: Path, run_dir: Path, step: int, state: dict[str, torch.Tensor],
+                      **card: Any) -> Path:
+        """``init`` with a step's trainable weights, as ``run_dir/selected.safetensors`` with the run's card."""
+        model = load_checkpoint(init)
+        load_trainable_state(model, state, f"{run_dir} step {step}")
+        card = dict(load_checkpoint(export).model_card, selected_step=step, **card)
+        return save_checkpoint(model, run_dir / "selected.safetensors", card=card)
+
+    @staticmethod
     def step_states(run_dir: Path) -> dict[int, dict[str, torch.Tensor]]:
         """The trainable weights of a run's step checkpoints, by step."""
         states = (torch.load(path, map_location="cpu", weights_only=True) for path in list_checkpoints(run_dir))
@@ -257,13 +265,12 @@ class Pipeline:
             curve[step] = {k: result[k] for k in ("miou", "miou_seen", "miou_unseen", "act_on", "act_off")}
         scores = {step: c["miou"] for step, c in curve.items()}
         best = max(scores, key=lambda s: scores[s])
-        load_trainable_state(model, candidates[best], f"{run_dir} step {best}")
         (run_dir / "dev_selection.json").write_text(json.dumps({"dev_by_step": curve, "chosen_step": best},
                                                                indent=1))
         logger.info("%s: dev mIoU by step %s -> step %d", run_dir.name,
                     {k: round(v, 2) for k, v in scores.items()}, best)
-        card = dict(load_checkpoint(export).model_card, selected_step=best, dev_miou_by_step=scores)
-        return save_checkpoint(model, run_dir / "selected.safetensors", card=card), scores[best], best
+        selected = self.save_selected(init, export, run_dir, best, candidates[best], dev_miou_by_step=scores)
+        return selected, scores[best], best
 
     # ------------------------------------------------------------------------------------- evaluation
     def score(self, model: SynSeg, root: Path) -> dict[str, Any]:
