@@ -129,13 +129,14 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
     phase's weights (``--pretrained``; a fresh optimiser and schedule). Earlier runs of the same names are
     removed first (open_clip_train refuses to overwrite an experiment). Phases with ``captions: nouns``
     need ``labels_dir`` (the spaCy sidecars of the shards). With ``reuse``, leading phases that finished
-    with the same open_clip_train command line (``argv.json``) are not run again (an interrupted run goes on
-    from its last finished phase; a changed setting runs its phase and every later one again).
+    with the same open_clip_train command line and architecture (``argv.json``) are not run again (an
+    interrupted run goes on from its last finished phase; a changed setting runs its phase and every later
+    one again).
     """
     import open_clip_train.data
     import open_clip_train.main
 
-    model_name, _ = register_model_config(cfg["model_config"])
+    model_name, arch = register_model_config(cfg["model_config"])
     shards = {"full": train_dir}
     if any(p.get("captions") == "nouns" for p in cfg["phases"]):
         if labels_dir is None:
@@ -157,7 +158,9 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
         record = run_dir / "argv.json"
         pattern = shard_pattern(shards[phase.get("captions", "full")])[0]
         argv = build_argv(cfg, phase, model_name, pattern, num_samples, out_dir, phase["name"], checkpoint)
-        if reuse and final.is_file() and record.is_file() and json.loads(record.read_text()) == argv:
+        # The command line names the architecture file, not what it holds.
+        settings = {"argv": argv, "model_config": arch}
+        if reuse and final.is_file() and record.is_file() and json.loads(record.read_text()) == settings:
             logger.info("stage 1: reusing phase %s (%s)", phase["name"], final)
             checkpoint = final
             continue
@@ -171,5 +174,5 @@ def train_clip(cfg: dict[str, Any], train_dir: Path, out_dir: Path, labels_dir: 
         checkpoint = final
         if not checkpoint.is_file():
             raise RuntimeError(f"open_clip_train wrote no final checkpoint {checkpoint}")
-        record.write_text(json.dumps(argv))
+        record.write_text(json.dumps(settings))
     return checkpoint
