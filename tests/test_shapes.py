@@ -179,11 +179,12 @@ def test_gate_auc():
 def test_three_stages_ci_sized(tmp_path):
     """The pipeline's own stage functions at CI size: data, CLIP, dense decoder, MCCL, evaluation."""
     from synseg_model import load_checkpoint
+    from training.shapes.clip_stage import register_model_config
     from training.shapes.pipeline import Pipeline, load_pipeline_config
 
     cfg = load_pipeline_config("config/shapes/pipeline.yaml", [
-        "data.train=64", "data.val=4", "data.dev=4", "data.shard_size=32", "data.workers=1", "threads=1",
-        "require_gate=false",
+        "data.train=64", "data.val=4", "data.dev=4", "data.gate=6", "data.shard_size=32", "data.workers=1",
+        "threads=1", "require_gate=false",
         'stage1.overrides=["phases=[{name: nouns, captions: nouns, epochs: 2}, {name: clip, epochs: 2}]", '
         '"batch_size=16", "open_clip_train.warmup=1", '
         '"open_clip_train.lr=2e-3", "open_clip_train.log-every-n-steps=1", "open_clip_train.report-to=\'\'"]',
@@ -201,11 +202,19 @@ def test_three_stages_ci_sized(tmp_path):
 
     clip_checkpoint, figures = pipeline.stage1()
     assert clip_checkpoint.is_file() and set(figures["auc"]) == set(pipeline.world.class_names)
+    assert (figures["num_images"], figures["test"]["num_images"]) == (6, 4)  # decided on the gate split
     assert _falls(_losses(tmp_path / "stage1/nouns/out.log", r"Contrastive_loss: ([\d.]+)"))
     assert clip_checkpoint == tmp_path / "stage1/clip/checkpoints/epoch_2.pt"  # the second phase's
     written = clip_checkpoint.stat().st_mtime_ns
     assert Pipeline(cfg, tmp_path, reuse=True).stage1()[0] == clip_checkpoint  # --reuse: same command lines
     assert clip_checkpoint.stat().st_mtime_ns == written
+    # ...but not across a change inside the architecture file, which the command line only names.
+    arch = json.loads(Path("config/shapes/clip-shapes.json").read_text())
+    (tmp_path / "clip-shapes.json").write_text(json.dumps({**arch, "quick_gelu": True}))
+    changed = Pipeline(cfg, tmp_path, reuse=True)
+    changed.stage1_cfg["model_config"] = str(tmp_path / "clip-shapes.json")
+    assert changed.stage1()[0] == clip_checkpoint and clip_checkpoint.stat().st_mtime_ns != written
+    register_model_config("config/shapes/clip-shapes.json")  # open_clip's registry is process-wide
 
     stage2 = pipeline.stage2(clip_checkpoint)
     assert _falls(_losses(tmp_path / "stage2/train.log", r" bce=([\d.]+)"))

@@ -1,7 +1,8 @@
 """``python -m training.shapes run``: SynSeg's whole recipe in the shapes world, from nothing to a table.
 
-1. data: training shards, a held-out test split and a held-out dev split (VOC layout), spaCy labels;
-2. stage 1: the small CLIP with open_clip_train, then the zero-shot gate (the run stops if it fails);
+1. data: training shards, held-out test, dev and gate splits (VOC layout), spaCy labels;
+2. stage 1: the small CLIP with open_clip_train, then the zero-shot gate on the gate split (the run stops if
+   it fails) and the same figures on the test split, for the report;
 3. stage 2: the dense decoder (``python -m training.train``, task ``dense_bce``) on the seen classes;
 4. stage 3: MCCL variants (task ``mccl``) from the stage-2 decoder, each an override list;
 5. evaluation with ``training.evaluate`` on the test split: mIoU, seen / unseen mIoU, mean activation on
@@ -101,44 +102,65 @@ class Pipeline:
         return self.data / "dev" / "val"
 
     @property
+    def gate_root(self) -> Path:
+        return self.data / "gate" / "val"
+
+    @property
     def spec(self) -> Path:
         return self.test_root / "dataset.yaml"
 
     def make_data(self) -> None:
-        """Training shards + test split (seed), dev split (seed + dev_seed_offset), spaCy label sidecars."""
+        """Training shards + test split (seed), dev split (seed + dev_seed_offset), spaCy label sidecars, and
+        the gate split (seed + gate_seed_offset), which only the gate reads: a new one retrains nothing."""
         d = self.cfg["data"]
+        gate_seed = d["seed"] + d["gate_seed_offset"]
         if self.reuse and self._data_matches(d):
             logger.info("data: reusing %s", self.data)
-            return
-        self.reuse = False  # every later stage was made from other data
-        generate.generate(self.data, d["train"], d["val"], d["seed"], d.get("world"), d["shard_size"],
-                          d["workers"])
-        generate.generate(self.data / "dev", 0, d["dev"], d["seed"] + d["dev_seed_offset"], d.get("world"))
-        pattern, _ = clip_stage.shard_pattern(self.data / "train")
-        prepare_labels.main(["--shards", pattern, "--out", str(self.data / "labels"), "--overwrite"])
+        else:
+            self.reuse = False  # every later stage was made from other data
+            generate.generate(self.data, d["train"], d["val"], d["seed"], d.get("world"), d["shard_size"],
+                              d["workers"])
+            generate.generate(self.data / "dev", 0, d["dev"], d["seed"] + d["dev_seed_offset"], d.get("world"))
+            pattern, _ = clip_stage.shard_pattern(self.data / "train")
+            prepare_labels.main(["--shards", pattern, "--out", str(self.data / "labels"), "--overwrite"])
+        if not (self.reuse and self._split_matches(self.data / "gate", d["gate"], gate_seed)):
+            generate.generate(self.data / "gate", 0, d["gate"], gate_seed, d.get("world"))
 
-    def _data_matches(self, d: dict[str, Any]) -> bool:
-        """Whether finished data under ``self.data`` was written with these data settings."""
+    def _split_matches(self, root: Path, val: int, seed: int, train: int = 0,
+                       shard_size: int | None = None) -> bool:
+        """Whether ``root`` holds a finished ``generate`` output of these sizes and seed, in this world."""
         try:
-            manifest = json.loads((self.data / "manifest.json").read_text())
-            dev = json.loads((self.data / "dev" / "manifest.json").read_text())
+            manifest = json.loads((root / "manifest.json").read_text())
         except (OSError, ValueError):
             return False
         world = json.loads(json.dumps(self.world.spec))  # as the manifest holds it (JSON keys are strings)
-        return (manifest["seed"], manifest["train"], manifest["val"], manifest.get("world_spec"), dev["val"],
-                manifest["shard_size"]) == (d["seed"], d["train"], d["val"], world, d["dev"],
-                                            d["shard_size"]) and (self.data / "labels").is_dir()
+        return (manifest["seed"], manifest["train"], manifest["val"], manifest.get("world_spec")) == \
+            (seed, train, val, world) and shard_size in (None, manifest["shard_size"])
+
+    def _data_matches(self, d: dict[str, Any]) -> bool:
+        """Whether the shards, test and dev splits and labels under ``self.data`` have these settings."""
+        return self._split_matches(self.data, d["val"], d["seed"], d["train"], d["shard_size"]) and \
+            self._split_matches(self.data / "dev", d["dev"], d["seed"] + d["dev_seed_offset"]) and \
+            (self.data / "labels").is_dir()
 
     # ------------------------------------------------------------------------------------------- stage 1
     def stage1(self) -> tuple[Path, dict[str, Any]]:
-        """Train the CLIP, run the gate on the test split; raises RuntimeError when the gate fails."""
+        """Train the CLIP, run the gate on the gate split; raises RuntimeError when the gate fails.
+
+        The returned figures (also ``stage1/gate.json``) are the gate split's, with the test split's under
+        ``test``: reported, never decided on.
+        """
         checkpoint = clip_stage.train_clip(self.stage1_cfg, self.data / "train", self.out / "stage1",
                                            self.data / "labels", reuse=self.reuse)
         model, tokenizer = gate.load_open_clip(self.model_name, checkpoint)
-        images, labels = gate.load_voc_split(self.test_root)
         mean, std = self.stage1_cfg["open_clip_train"]["image-mean"], self.stage1_cfg["open_clip_train"]["image-std"]
-        figures = gate.zero_shot_gate(model, tokenizer, images, labels, self.world.class_names,
-                                      self.stage1_cfg["gate"], mean, std)
+
+        def figures_on(root: Path) -> dict[str, Any]:
+            images, labels = gate.load_voc_split(root)
+            return gate.zero_shot_gate(model, tokenizer, images, labels, self.world.class_names,
+                                       self.stage1_cfg["gate"], mean, std)
+
+        figures = {**figures_on(self.gate_root), "test": figures_on(self.test_root)}
         (self.out / "stage1" / "gate.json").write_text(json.dumps(figures, indent=1))
         logger.info("stage-1 gate: min AUC %.4f, max text cosine %.3f (%s): %s", figures["min_auc"],
                     figures["max_text_cosine"], "/".join(figures["max_text_cosine_pair"]),
@@ -355,14 +377,17 @@ class Pipeline:
             "row": name,
             "classes": self.world.class_names,
             "seen_in_stage2": _stage_config(self.cfg["stage2"])["data"]["classes"],
-            "data": {k: self.cfg["data"][k] for k in ("seed", "train", "val", "dev", "dev_seed_offset")},
+            "data": {k: self.cfg["data"][k] for k in ("seed", "train", "val", "dev", "dev_seed_offset", "gate",
+                                                      "gate_seed_offset")},
             "world": self.world.spec,
             "stage1": self.stage1_cfg,
             "stage2": _stage_config(self.cfg["stage2"]),
             "stage3": _stage_config(self.cfg["stage3"]) if name in self.cfg["variants"] else None,
             "stage3_overrides": self.variant_overrides(name) if name in self.cfg["variants"] else None,
             "training_card": rows[name]["model_card"],
-            "gate": {k: gate_figures[k] for k in ("auc", "min_auc", "max_text_cosine", "max_text_cosine_pair")},
+            "gate": {k: gate_figures[k] for k in ("num_images", "auc", "min_auc", "max_text_cosine",
+                                                  "max_text_cosine_pair", "passed")},
+            "gate_test_split_auc": gate_figures["test"]["auc"],
             "metrics": {"test_miou": test["miou"], "test_miou_seen": test["miou_seen"],
                         "test_miou_unseen": test["miou_unseen"], "test_aacc": test["aacc"],
                         "test_per_class_iou": test["per_class"], "dev_miou": rows[name]["dev"]["miou"],
