@@ -33,7 +33,8 @@ def clip_main(argv: list[str] | None = None) -> None:
 
 def gate_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The stage-1 zero-shot gate of an open_clip_train checkpoint.")
-    parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml")
+    parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml",
+                        help="stage-1 YAML: the architecture and the gate's prompt and thresholds")
     parser.add_argument("--checkpoint", type=Path, required=True, help="open_clip_train checkpoint (.pt)")
     parser.add_argument("--data", type=Path, required=True, help="VOC-layout held-out split")
     parser.add_argument("--world", type=Path, default=None, help="world YAML (default config/shapes/world.yaml)")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__, file=sys.stderr)
         raise SystemExit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.argv[0] = f"python -m training.shapes {argv[0]}"  # argparse's usage line names the program from it
     COMMANDS[argv[0]](argv[1:])
 
 

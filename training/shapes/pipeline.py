@@ -436,7 +436,9 @@ def activation_on_off(model: SynSeg, root: Path, class_names: list[str], limit: 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the shapes world end to end (data, CLIP, dense decoder, "
-                                                 "MCCL variants, evaluation, table and figure).")
+                                                 "MCCL variants, evaluation, table and figure). It stops after "
+                                                 "stage 1 if the CLIP fails the zero-shot gate on the gate split "
+                                                 "(--set require_gate=false goes on).")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline YAML")
     parser.add_argument("--out", type=Path, default=Path("runs/shapes"), help="output folder")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
