@@ -6,12 +6,13 @@
     out = seg.segment(rgb)                      # out.masks: (K, H, W) bool
 """
 from .config import SynSegConfig
-from .factory import create_model, get_model_config, list_models
+from .factory import create_model, get_model_config, list_models, load_checkpoint, load_hf_clipseg
 from .losses import mccl_loss
 from .model import SynSeg, SynSegOutput
 from .runtime import Segmentation, Segmenter
-from .weights import (CheckpointError, convert_hf_clipseg, default_checkpoint_path, load_checkpoint,
-                      load_clipseg_decoder, load_hf_clipseg, read_checkpoint, save_checkpoint)
+from .state_dicts import CheckpointError
+from .weights import (convert_hf_clipseg, default_checkpoint_path, load_clipseg_decoder, read_checkpoint,
+                      save_checkpoint)
 
 __all__ = [
     "CheckpointError", "Segmentation", "Segmenter", "SynSeg", "SynSegConfig", "SynSegOutput",

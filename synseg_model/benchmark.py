@@ -36,10 +36,9 @@ from tqdm import tqdm
 
 from .backends import BackendUnavailable
 from .clip import get_tokenizer
-from .factory import create_model
+from .factory import create_model, load_checkpoint
 from .model import SynSeg
 from .runtime import Segmenter, resolve_device
-from .weights import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SynSegConfig
+from .state_dicts import CheckpointError, check_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -59,35 +60,8 @@ def build_clip(config: SynSegConfig) -> nn.Module:
     return model
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or .pt/.pth/.bin file, never unpickling arbitrary objects.
-
-    Accepts plain state dicts and training checkpoints holding one under ``state_dict`` (DDP ``module.``
-    prefixes removed).
-    """
-    from .weights import CheckpointError  # one error type for every weights file
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad header, pickled objects refused by weights_only
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_clip_weights(model: nn.Module, path: Path) -> None:
     """Load a full open_clip state dict from ``path`` into ``model``; errors name the file and the key."""
-    from .weights import CheckpointError, check_state_dict
-
     state = read_state_dict(path)
     pos_key = "visual.positional_embedding"
     if pos_key in state and state[pos_key].shape != model.visual.positional_embedding.shape:

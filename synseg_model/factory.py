@@ -7,6 +7,8 @@ import torch
 
 from .config import SynSegConfig
 from .model import SynSeg
+from .state_dicts import CheckpointError, check_state_dict
+from .weights import load_clipseg_decoder, read_checkpoint, read_hf_clipseg
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -16,8 +18,10 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def get_model_config(name_or_path: str | Path) -> SynSegConfig:
-    """The config of a bundled architecture name, or of a YAML file."""
+def get_model_config(name_or_path: str | Path | SynSegConfig) -> SynSegConfig:
+    """The config of a bundled architecture name, or of a YAML file (a ``SynSegConfig`` is returned as is)."""
+    if isinstance(name_or_path, SynSegConfig):
+        return name_or_path
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return SynSegConfig.from_yaml(path)
@@ -27,14 +31,14 @@ def get_model_config(name_or_path: str | Path) -> SynSegConfig:
     return SynSegConfig.from_yaml(CONFIG_DIR / f"{name_or_path}.yaml")
 
 
-def create_model(name_or_path: str | Path, weights: str | Path | None = None, device: str | torch.device = "cpu",
-                 **overrides) -> SynSeg:
+def create_model(name_or_path: str | Path | SynSegConfig, weights: str | Path | None = None,
+                 device: str | torch.device = "cpu", **overrides) -> SynSeg:
     """Build a SynSeg.
 
     Args:
-        name_or_path: a bundled architecture (``list_models()``) or a config YAML.
-        weights: optional weights for the decoder: an original CLIPSeg file (``.pth``) or a project
-            checkpoint (``.safetensors``, trainable weights only; its config must match).
+        name_or_path: a bundled architecture (``list_models()``), a config YAML, or a ``SynSegConfig``.
+        weights: optional weights for the trainable part: an original CLIPSeg decoder file (``.pth``) or a
+            project checkpoint (``.safetensors``; its trainable tensors must fit, its CLIP is not used).
         device: where to put the model.
         overrides: SynSegConfig fields to change (e.g. ``clip_pretrained=None`` for random CLIP).
     """
@@ -44,15 +48,25 @@ def create_model(name_or_path: str | Path, weights: str | Path | None = None, de
         config.validate()
     model = SynSeg(config)
     if weights is not None:
-        from .weights import CheckpointError, check_state_dict, load_clipseg_decoder, read_checkpoint
         if Path(weights).suffix == ".safetensors":
-            _, _, tensors = read_checkpoint(weights)
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("clip.")}
-            check_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("clip.")},
-                             tensors, weights)
-            model.load_state_dict(tensors, strict=False)
+            model.load_trainable_state_dict(read_checkpoint(weights)[2], weights)
         elif Path(weights).suffix in (".pth", ".pt"):
             load_clipseg_decoder(model, weights)
         else:
             raise CheckpointError(f"{weights}: unknown weights format (expected .safetensors or .pth)")
     return model.to(device)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SynSeg:
+    """``SynSeg.from_checkpoint``: the model a project checkpoint describes, with its weights."""
+    return SynSeg.from_checkpoint(path, device=device)
+
+
+def load_hf_clipseg(directory: str | Path, device: str | torch.device = "cpu") -> SynSeg:
+    """Build a SynSeg from a Hugging Face CLIPSeg folder (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``), e.g. a local copy of ``CIDAS/clipseg-rd64-refined``; see ``read_hf_clipseg``."""
+    config, state = read_hf_clipseg(directory)
+    model = SynSeg(config)
+    check_state_dict(model.state_dict(), state, directory)
+    model.load_state_dict(state)
+    return model.to(device).eval()

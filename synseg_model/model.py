@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,8 @@ from .clip import (activation_widths, build_clip, get_tokenizer, token_stride, v
                    visual_depth)
 from .config import SynSegConfig
 from .decoder import Decoder, Projector, synergy_features
+from .state_dicts import check_state_dict
+from .weights import read_checkpoint
 
 
 @dataclass
@@ -51,6 +54,7 @@ class SynSeg(nn.Module):
         self.decoder = Decoder(config, activation_widths(visual, layers), self.text_dim, self.patch_size)
         self.projector = Projector(config, self.text_dim)
         self._tokenizer = get_tokenizer(config)
+        self.model_card: dict[str, Any] = {}
         self.clip.eval()
 
     def train(self, mode: bool = True) -> "SynSeg":
@@ -58,9 +62,34 @@ class SynSeg(nn.Module):
         self.clip.eval()  # frozen: dropout and norms of CLIP never switch to training behaviour
         return self
 
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Every part but the frozen CLIP (today: decoder with FiLM, projector), by attribute name.
+
+        The one definition of "trainable": what the optimiser sees, what training checkpoints and exported
+        models store. A module added in ``__init__`` is trainable without touching anything else.
+        """
+        return {name: module for name, module in self.named_children() if module is not self.clip}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters an optimiser should see: decoder (with FiLM) and projector."""
-        return [*self.decoder.parameters(), *self.projector.parameters()]
+        """The parameters of ``trainable_modules``."""
+        return [p for module in self.trainable_modules().values() for p in module.parameters()]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The entries of ``state_dict()`` that belong to ``trainable_modules`` (references, not copies)."""
+        return {f"{name}.{key}": value for name, module in self.trainable_modules().items()
+                for key, value in module.state_dict().items()}
+
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+        """Load every trainable tensor from ``state``, strictly; CLIP entries in ``state`` are ignored.
+
+        Raises:
+            CheckpointError: naming ``source`` and the first missing, unexpected or mis-shaped key.
+        """
+        expected = self.trainable_state_dict()
+        frozen = self.state_dict().keys() - expected.keys()
+        state = {k: v for k, v in state.items() if k not in frozen}
+        check_state_dict(expected, state, source)
+        self.load_state_dict(state, strict=False)
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -123,6 +152,19 @@ class SynSeg(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SynSeg":
-        """Load a model saved with ``save_checkpoint`` (safetensors)."""
-        from .weights import load_checkpoint
-        return load_checkpoint(path, device=device)
+        """Build the model a project checkpoint (``save_checkpoint``) describes and load its weights.
+
+        Strict, with errors naming the file and key: every trainable tensor must be in the file, and CLIP's
+        either all (then they replace CLIP's) or none (then CLIP comes from the config, e.g. a pretrained tag).
+        The file's model card becomes ``model.model_card``.
+        """
+        config, card, tensors = read_checkpoint(path)
+        model = cls(config)
+        frozen = model.state_dict().keys() - model.trainable_state_dict().keys()
+        if frozen & tensors.keys():
+            check_state_dict(model.state_dict(), tensors, path)
+            model.load_state_dict(tensors, strict=False)
+        else:
+            model.load_trainable_state_dict(tensors, path)
+        model.model_card = card
+        return model.to(device).eval()

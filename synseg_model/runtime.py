@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .backends import Backend, BackendOptions, create_backend
 from .model import SynSeg
+from .weights import default_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,7 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "auto",
                         backend: str = "auto", **kwargs) -> "Segmenter":
         """A Segmenter over a project checkpoint; ``path=None`` loads the offline default model."""
-        from .weights import default_checkpoint_path, load_checkpoint
-        model = load_checkpoint(default_checkpoint_path() if path is None else path)
+        model = SynSeg.from_checkpoint(default_checkpoint_path() if path is None else path)
         return cls(model, device=device, backend=backend, **kwargs)
 
     @property

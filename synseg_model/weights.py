@@ -1,31 +1,25 @@
-"""Weights I/O: the project's checkpoint format, original CLIPSeg decoder files, Hugging Face CLIPSeg.
+"""Weights files: the project's checkpoint format, original CLIPSeg decoder files, Hugging Face CLIPSeg.
 
-Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
+Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``. Models are
+passed in or described by (config, tensors): building a ``SynSeg`` is the model's and the factory's job.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
-from .clip import read_state_dict
 from .config import SynSegConfig
-from .model import SynSeg
-
-log = logging.getLogger(__name__)
+from .decoder import Projector
+from .state_dicts import CheckpointError, check_state_dict, read_state_dict
 
 FORMAT = "synseg"
 FORMAT_VERSION = "1"
-TRAINABLE_PREFIXES = ("decoder.", "projector.")
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "synseg-shapes.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A weights file is missing, unreadable, or does not fit the model; the message names file and key."""
 
 
 def default_checkpoint_path() -> Path:
@@ -33,54 +27,41 @@ def default_checkpoint_path() -> Path:
     return DEFAULT_CHECKPOINT
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
-                     path: str | Path, allow_missing: bool = False) -> None:
-    """Raise CheckpointError naming ``path`` and the first missing, unexpected or mis-shaped key."""
-    for key in sorted(given):
-        if key not in expected:
-            raise CheckpointError(f"{path}: unexpected key {key!r}")
-        if tuple(given[key].shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{path}: shape mismatch for {key!r}: file {tuple(given[key].shape)}, "
-                                  f"model {tuple(expected[key].shape)}")
-    if not allow_missing:
-        missing = sorted(set(expected) - set(given))
-        if missing:
-            raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing)")
-
-
-def _trainable_state(model: SynSeg) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
-
-
-def save_checkpoint(model: SynSeg, path: str | Path, card: Mapping[str, Any] | None = None,
+def save_checkpoint(model: nn.Module, path: str | Path, card: Mapping[str, Any] | None = None,
                     include_clip: bool | None = None, clip_dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` in the project's format: a safetensors file written atomically.
+    """Write a ``SynSeg`` in the project's format: a safetensors file written atomically.
 
-    It holds the trainable weights (decoder with FiLM, projector), plus CLIP's when CLIP cannot be had
+    It holds the trainable weights (``model.trainable_state_dict()``), plus CLIP's when CLIP cannot be had
     from its config alone (``include_clip=None`` decides: CLIP is included unless ``clip_pretrained`` is
     an open_clip tag). The metadata carries the ``SynSegConfig`` and a model card (JSON). ``clip_dtype``
     stores the frozen CLIP tensors in another precision (e.g. float16 to halve a shipped file); loading
     casts them back to the model's.
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
     config = model.config
     if include_clip is None:
         tag = config.clip_pretrained
         include_clip = tag is None or Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors")
-    state = dict(_trainable_state(model))
+    state = model.trainable_state_dict()
     if include_clip:
         state.update({k: v if clip_dtype is None or not v.is_floating_point() else v.to(clip_dtype)
-                      for k, v in model.state_dict().items() if k.startswith("clip.")})
+                      for k, v in model.state_dict().items() if k not in state})
         # The weights travel inside this file: a reader must not look for the original source.
         config = config.replace(clip_pretrained=None)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "includes_clip": str(bool(include_clip)),
+    return write_checkpoint(path, config, state, card, include_clip)
+
+
+def write_checkpoint(path: str | Path, config: SynSegConfig, tensors: Mapping[str, torch.Tensor],
+                     card: Mapping[str, Any] | None, includes_clip: bool) -> Path:
+    """Write ``tensors`` (SynSeg state-dict names) with ``config`` and ``card`` in the project's format."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "includes_clip": str(bool(includes_clip)),
                 "config": json.dumps(config.to_dict()), "model_card": json.dumps(dict(card or {}))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
 
@@ -108,21 +89,8 @@ def read_checkpoint(path: str | Path) -> tuple[SynSegConfig, dict[str, Any], dic
     return config, card, tensors
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SynSeg:
-    """Build the model a project checkpoint describes and load its weights (strict, with clear errors)."""
-    config, card, tensors = read_checkpoint(path)
-    model = SynSeg(config)
-    expected = model.state_dict()
-    has_clip = any(k.startswith("clip.") for k in tensors)
-    wanted = {k: v for k, v in expected.items() if has_clip or k.startswith(TRAINABLE_PREFIXES)}
-    check_state_dict(wanted, tensors, path)
-    model.load_state_dict(tensors, strict=False)
-    model.model_card = card
-    return model.to(device).eval()
-
-
-def load_clipseg_decoder(model: SynSeg, path: str | Path) -> None:
-    """Load an original CLIPSeg decoder file (``rd64-uni.pth``, ``rd64-uni-refined.pth``) into ``model``.
+def load_clipseg_decoder(model: nn.Module, path: str | Path) -> None:
+    """Load an original CLIPSeg decoder file (``rd64-uni.pth``, ``rd64-uni-refined.pth``) into a ``SynSeg``.
 
     Those files hold the decoder only, under the same names as ``model.decoder``; their ``reduce.*`` tensors
     belong to a layer CLIPSeg never uses and are skipped.
@@ -226,10 +194,13 @@ def convert_hf_clipseg(state: Mapping[str, torch.Tensor], hf: Mapping[str, Any])
     return config, out
 
 
-def load_hf_clipseg(directory: str | Path, device: str | torch.device = "cpu") -> SynSeg:
-    """Build a SynSeg from a Hugging Face CLIPSeg folder (``config.json`` + ``model.safetensors`` or
-    ``pytorch_model.bin``), e.g. a local copy of ``CIDAS/clipseg-rd64-refined``. The projector stays at its
-    initialisation (CLIPSeg has none)."""
+def read_hf_clipseg(directory: str | Path) -> tuple[SynSegConfig, dict[str, torch.Tensor]]:
+    """The SynSeg config and full state dict of a Hugging Face CLIPSeg folder (``config.json`` +
+    ``model.safetensors`` or ``pytorch_model.bin``), e.g. a snapshot of ``CIDAS/clipseg-rd64-refined``.
+
+    CLIPSeg has no FSS projector: it gets a fixed-seed initialisation, so that every conversion of the same
+    folder gives the same tensors.
+    """
     directory = Path(directory)
     config_file = directory / "config.json"
     try:
@@ -242,9 +213,12 @@ def load_hf_clipseg(directory: str | Path, device: str | torch.device = "cpu") -
             break
     else:
         raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    config, converted = convert_hf_clipseg(state, hf)
-    model = SynSeg(config)
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("projector.")}
-    check_state_dict(expected, converted, directory)
-    model.load_state_dict(converted, strict=False)
-    return model.to(device).eval()
+    try:
+        config, converted = convert_hf_clipseg(state, hf)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{directory}: not a CLIPSeg checkpoint ({type(exc).__name__}: {exc})") from exc
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        projector = Projector(config, hf["projection_dim"])
+    converted.update({f"projector.{k}": v for k, v in projector.state_dict().items()})
+    return config, converted

@@ -21,35 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from synseg_model import SynSeg
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-FROZEN_PREFIX = "clip."  # the frozen CLIP: never stored in a training checkpoint
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state without the frozen CLIP (decoder with FiLM, projector), detached on CPU."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if not k.startswith(FROZEN_PREFIX)}
-
-
-def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load `trainable_state` output back, strictly for the non-CLIP part of the model.
-
-    Raises:
-        ValueError: a key is missing or unexpected, or a shape differs (names `source` and the key).
-    """
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
-    for key in sorted(set(expected) | set(state)):
-        if key not in state:
-            raise ValueError(f"{source}: checkpoint lacks {key!r}")
-        if key not in expected:
-            raise ValueError(f"{source}: checkpoint has unexpected {key!r}")
-        if state[key].shape != expected[key].shape:
-            raise ValueError(f"{source}: {key!r} is {tuple(state[key].shape)} in the checkpoint, "
-                             f"{tuple(expected[key].shape)} in the model")
-    model.load_state_dict(state, strict=False)
+def trainable_state(model: SynSeg) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model.trainable_state_dict()`` (load it back with
+    ``model.load_trainable_state_dict``)."""
+    return {k: v.detach().cpu().clone() for k, v in model.trainable_state_dict().items()}
 
 
 def capture_rng_state() -> dict[str, Any]:

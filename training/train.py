@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from synseg_model import (SynSeg, SynSegConfig, get_model_config, load_checkpoint, load_clipseg_decoder,
-                          read_checkpoint, save_checkpoint)
+from synseg_model import (SynSeg, SynSegConfig, create_model, get_model_config, load_checkpoint, read_checkpoint,
+                          save_checkpoint)
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainingConfig, load_config
@@ -91,16 +91,7 @@ def build_model(cfg: TrainingConfig, model_config: SynSegConfig, device: torch.d
     """The model to train: from `init_checkpoint`, or `model` plus optional `init_decoder` weights."""
     if cfg.init_checkpoint:
         return load_checkpoint(cfg.init_checkpoint, device=device)
-    model = SynSeg(model_config)
-    if cfg.init_decoder:
-        source = Path(cfg.init_decoder)
-        if source.suffix == ".safetensors":
-            _, _, tensors = read_checkpoint(source)
-            ckpt.load_trainable_state(model, {k: v for k, v in tensors.items()
-                                              if not k.startswith(ckpt.FROZEN_PREFIX)}, source)
-        else:
-            load_clipseg_decoder(model, source)
-    return model.to(device)
+    return create_model(model_config, weights=cfg.init_decoder or None, device=device)
 
 
 def check_before_work(cfg: TrainingConfig, world_size: int) -> tuple[SynSegConfig, list[str]]:
@@ -254,7 +245,7 @@ class Trainer:
         changed = _changed_keys(state["config"], self.cfg.to_dict())
         if changed:
             logger.warning("resuming with config changes against %s: %s", source, ", ".join(changed))
-        ckpt.load_trainable_state(self.model, state["model"], source)
+        self.model.load_trainable_state_dict(state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -32,7 +32,7 @@ from synseg_model import SynSeg, default_checkpoint_path, load_checkpoint, save_
 from training import evaluate as evaluation
 from training import prepare_labels
 from training import train as trainer
-from training.checkpoint import list_checkpoints, load_trainable_state
+from training.checkpoint import list_checkpoints, trainable_state
 from training.config import apply_override
 from training.datasets.readers import read_image, read_index_png
 from training.shapes import clip_stage, gate, generate, report
@@ -261,7 +261,7 @@ class Pipeline:
                       **card: Any) -> Path:
         """``init`` with a step's trainable weights, as ``run_dir/selected.safetensors`` with the run's card."""
         model = load_checkpoint(init)
-        load_trainable_state(model, state, f"{run_dir} step {step}")
+        model.load_trainable_state_dict(state, f"{run_dir} step {step}")
         card = dict(load_checkpoint(export).model_card, selected_step=step, **card)
         return save_checkpoint(model, run_dir / "selected.safetensors", card=card)
 
@@ -278,11 +278,11 @@ class Pipeline:
         and its step.
         """
         model = load_checkpoint(init)
-        candidates = {0: {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("clip.")}}
+        candidates = {0: trainable_state(model)}
         candidates.update(self.step_states(run_dir))
         curve = {}
         for step, state in sorted(candidates.items()):
-            load_trainable_state(model, state, f"{run_dir} step {step}")
+            model.load_trainable_state_dict(state, f"{run_dir} step {step}")
             result = self.score(model, self.dev_root)
             curve[step] = {k: result[k] for k in ("miou", "miou_seen", "miou_unseen", "act_on", "act_off")}
         scores = {step: c["miou"] for step, c in curve.items()}
