@@ -77,9 +77,33 @@ def test_cityscapes_cli(tmp_path):
     np.testing.assert_array_equal(out, [[0, 13, 18, 255], [255, 11, 10, 8]])
 
 
-def test_missing_source_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="annotations"):
-        main(["coco_stuff", "--src", str(tmp_path)])
-    (tmp_path / "gtFine" / "val").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no source label files"):
-        main(["cityscapes", "--src", str(tmp_path)])
+def _bad_source(tmp_path, case):
+    """A COCO-Stuff download with one defect; returns (--src, the path the error must name)."""
+    src = tmp_path / "official"
+    annotations = src / "annotations" / "val2017"
+    if case == "missing src":
+        return src, annotations
+    annotations.mkdir(parents=True)
+    if case == "empty folder":
+        return src, annotations
+    _official_coco(src, "000000000139")
+    bad = annotations / "000000000285.png"
+    if case == "corrupt png":
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    else:  # an RGB PNG where a single-channel label map belongs
+        write_rgb(bad, np.zeros((2, 4, 3), np.uint8))
+    return src, bad
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("case", ["missing src", "empty folder", "corrupt png", "rgb png"])
+def test_bad_source_is_one_line_naming_the_file_and_exit_2(tmp_path, capfd, case, workers):
+    src, named = _bad_source(tmp_path, case)
+    with pytest.raises(SystemExit) as info:
+        main(["coco_object", "--src", str(src), "--dst", str(tmp_path / "out"), "--workers", workers])
+    err = capfd.readouterr().err  # file-descriptor level: worker processes included
+    assert info.value.code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("python -m training.datasets.convert: error: ")
+    assert str(named) in errors[0]
+    assert err.rstrip().splitlines()[-1] == errors[0]

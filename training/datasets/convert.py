@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import shutil
+from contextlib import nullcontext
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -81,20 +82,24 @@ def _convert_one(job: tuple[Path, Path], lut: np.ndarray, overwrite: bool) -> bo
     return True
 
 
+def _sources(folder: Path, pattern: str, hint: str) -> list[Path]:
+    """The official label PNGs in ``folder`` (converted outputs left out); an error names a missing or empty one."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"source label folder not found: {folder} ({hint})")
+    found = sorted(p for p in folder.glob(pattern) if not p.name.endswith(("TrainIds.png", ".tmp.png")))
+    if not found:
+        raise ValueError(f"{folder}: no source label files ({pattern}) to convert")
+    return found
+
+
 def _coco_jobs(src: Path, dst: Path, split: str, suffix: str) -> list[tuple[Path, Path]]:
-    ann = src / "annotations" / split
-    if not ann.is_dir():
-        raise FileNotFoundError(f"COCO-Stuff annotation folder not found: {ann} "
-                                "(unzip stuffthingmaps_trainval2017.zip into <src>/annotations/)")
-    raw = sorted(p for p in ann.glob("*.png") if not p.name.endswith(("TrainIds.png", ".tmp.png")))
+    raw = _sources(src / "annotations" / split, "*.png",
+                   "unzip stuffthingmaps_trainval2017.zip into <src>/annotations/")
     return [(p, dst / "annotations" / split / f"{p.stem}{suffix}") for p in raw]
 
 
 def _cityscapes_jobs(src: Path, dst: Path, split: str) -> list[tuple[Path, Path]]:
-    gt = src / "gtFine" / split
-    if not gt.is_dir():
-        raise FileNotFoundError(f"Cityscapes ground-truth folder not found: {gt}")
-    raw = sorted(gt.glob("*/*_gtFine_labelIds.png"))
+    raw = _sources(src / "gtFine" / split, "*/*_gtFine_labelIds.png", "unzip gtFine_trainvaltest.zip into <src>")
     return [(p, dst / "gtFine" / split / p.parent.name / p.name.replace("_labelIds.png", "_labelTrainIds.png"))
             for p in raw]
 
@@ -117,17 +122,16 @@ def run_conversion(jobs: Sequence[tuple[Path, Path]], lut: np.ndarray, *, worker
     """Apply ``lut`` to every (source PNG, destination PNG) job; returns how many files were written.
 
     Raises:
-        ValueError when there is nothing to convert.
+        ValueError naming a source PNG that is not a single-channel 8-bit image (also from a worker).
     """
-    if not jobs:
-        raise ValueError(f"{desc}: no source label files found")
     convert: Callable[[tuple[Path, Path]], bool] = partial(_convert_one, lut=lut, overwrite=overwrite)
-    if workers > 1:
-        with Pool(workers) as pool:
-            written = list(tqdm(pool.imap_unordered(convert, jobs, chunksize=16), total=len(jobs), desc=desc))
-    else:
-        written = [convert(job) for job in tqdm(jobs, desc=desc)]
-    return sum(written)
+    written = 0
+    # The bar is closed on an error too, so that the one-line error message starts a line of its own.
+    with Pool(workers) if workers > 1 else nullcontext() as pool, tqdm(total=len(jobs), desc=desc) as bar:
+        for done in pool.imap_unordered(convert, jobs, chunksize=16) if pool else map(convert, jobs):
+            written += done
+            bar.update()
+    return written
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -151,9 +155,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a conversion; returns the process exit code."""
-    args = get_args_parser().parse_args(argv)
+    """Run a conversion; returns the process exit code.
+
+    Bad input (missing or empty source folder, a corrupt or multi-channel source PNG, an unwritable output)
+    ends with a one-line error naming the file and exit code 2.
+    """
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _convert(args)
+    except (ValueError, OSError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> None:
     dst = args.dst or args.src
     for split in args.splits or (["val"] if args.dataset == "cityscapes" else ["val2017"]):
         if args.dataset == "cityscapes":
@@ -168,7 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  desc=f"{args.dataset} {split}")
         logger.info("%s %s: %d label files written, %d already there", args.dataset, split, written,
                     len(jobs) - written)
-    return 0
 
 
 if __name__ == "__main__":
