@@ -83,6 +83,9 @@ def test_limit(tmp_path):
     write_dataset("cityscapes", tmp_path)
     data = SegmentationDataset(load_dataset_spec("cityscapes"), tmp_path, limit=1)
     assert [ref.key for ref in data.samples] == STEMS["cityscapes"][:1]
+    for bad in (0, -1):  # -1 used to drop the last image, 0 to score all of them
+        with pytest.raises(ValueError, match="limit"):
+            SegmentationDataset(load_dataset_spec("cityscapes"), tmp_path, limit=bad)
 
 
 def _shapes_spec(path: Path) -> Path:
@@ -161,6 +164,17 @@ def test_size_mismatch_names_the_label(tmp_path):
     data = SegmentationDataset(load_dataset_spec("coco_stuff"), tmp_path)
     with pytest.raises(ValueError, match=f"{label}.*differs"):
         data.load(0)
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+    # OpenCV decodes a truncated JPEG to a grey lower part, with only libjpeg's warning on stderr.
+    write_dataset("voc", tmp_path, image_size=(64, 96))
+    image = tmp_path / "JPEGImages" / f"{STEMS['voc'][1]}.jpg"
+    image.write_bytes(image.read_bytes()[:-200])
+    data = SegmentationDataset(load_dataset_spec("voc"), tmp_path)
+    data.load(0)
+    with pytest.raises(ValueError, match=f"{image}.*truncated"):
+        data.load(1)
 
 
 def test_label_values_outside_the_classes_are_named(tmp_path):

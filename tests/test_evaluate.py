@@ -179,6 +179,16 @@ def test_prediction_errors_name_the_file(tmp_path):
         evaluate_predictions(pred, "voc", tmp_path / "data")
 
 
+def test_predictions_check_the_label_against_the_image_size(tmp_path):
+    # The image is never decoded when scoring saved predictions: its size comes from the file header.
+    write_dataset("coco_stuff", tmp_path / "data")
+    label = tmp_path / "data" / "annotations" / "val2017" / f"{STEMS['coco_stuff'][1]}_labelTrainIds.png"
+    write_label_png(label, np.zeros((6, 7), np.uint8))
+    pred = write_predictions("coco_stuff", tmp_path / "pred", [np.zeros((6, 8), np.uint8), np.zeros((6, 7), np.uint8)])
+    with pytest.raises(ValueError, match=f"{label}.*differs from image size 8x6"):
+        evaluate_predictions(pred, "coco_stuff", tmp_path / "data")
+
+
 def test_abstaining_predictions_and_flat_cityscapes_names(tmp_path):
     write_dataset("cityscapes", tmp_path / "data")
     labels = class_labels("cityscapes")

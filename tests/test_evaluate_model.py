@@ -1,6 +1,7 @@
 """evaluate_model with the real (tiny, random) SynSeg, and the command line end to end."""
 import copy
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -116,3 +117,41 @@ def test_cli_input_errors_exit_2_naming_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--dataset", "voc", "--data-root", str(tmp_path / "data"), "--predictions", str(tmp_path)])
     assert exit_info.value.code == 2 and str(missing) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_cli_limit_must_be_positive(tmp_path, capsys, limit):
+    write_dataset("voc", tmp_path / "data")
+    write_predictions("voc", tmp_path / "pred", class_labels("voc"))
+    with pytest.raises(SystemExit) as exit_info:  # -1 used to score all but the last image, 0 all of them
+        main(["--dataset", "voc", "--data-root", str(tmp_path / "data"), "--predictions", str(tmp_path / "pred"),
+              "--limit", limit])
+    assert exit_info.value.code == 2 and "--limit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("defect", ["folder", "label", "prediction"])
+def test_cli_all_checks_every_dataset_before_any_work(tmp_path, capsys, defect):
+    reference = load_reference_results()
+    for dataset in reference["datasets"].values():
+        write_dataset(dataset, tmp_path / "data" / DEFAULT_ROOTS[dataset])
+        write_predictions(dataset, tmp_path / "pred" / dataset, class_labels(dataset))
+    # Cityscapes, the last dataset of the run, lacks its folder, a label or a prediction.
+    stem = STEMS["cityscapes"][1]
+    if defect == "folder":
+        shutil.rmtree(tmp_path / "data" / "cityscapes")
+        named = tmp_path / "data" / "leftImg8bit" / "val"
+    else:
+        named = (tmp_path / "data" / "cityscapes" / "gtFine" / "val" / f"{stem}_gtFine_labelTrainIds.png"
+                 if defect == "label" else tmp_path / "pred" / "cityscapes" / f"{stem}.png")
+        named.unlink()
+    out = tmp_path / "all.json"
+    argv = ["--dataset", "all", "--data-root", str(tmp_path / "data"), "--json", str(out), "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--predictions", str(tmp_path / "pred")])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and str(named) in captured.err
+    assert captured.out == "" and not out.exists()  # no dataset was scored
+    if defect != "prediction":  # checked before the model is loaded, too
+        with pytest.raises(SystemExit):
+            main([*argv, "--checkpoint", str(tmp_path / "absent.safetensors")])
+        assert str(named) in capsys.readouterr().err

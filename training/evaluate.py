@@ -167,13 +167,21 @@ def evaluate_model(model: torch.nn.Module, dataset: str | Path, data_root: Path,
     return _results(spec, spec.class_names(variant), scores, len(data), settings, seconds)
 
 
-def _prediction_path(directory: Path, key: str) -> Path:
-    nested, flat = directory / f"{key}.png", directory / f"{Path(key).name}.png"
-    if nested.is_file():
-        return nested
-    if flat.is_file():
-        return flat
-    raise FileNotFoundError(f"prediction file not found: {nested}")
+def prediction_files(directory: Path, data: SegmentationDataset) -> list[Path]:
+    """The prediction PNG of every sample (``<stem>.png``, or flat ``<name>.png`` for nested stems), in order.
+
+    Raises:
+        FileNotFoundError naming the missing folder or the first missing file.
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(f"predictions folder not found: {directory}")
+    paths = []
+    for ref in data.samples:
+        nested, flat = directory / f"{ref.key}.png", directory / f"{Path(ref.key).name}.png"
+        if not nested.is_file() and not flat.is_file():
+            raise FileNotFoundError(f"prediction file not found: {nested}")
+        paths.append(nested if nested.is_file() else flat)
+    return paths
 
 
 def evaluate_predictions(predictions: Path, dataset: str | Path, data_root: Path, *, limit: int | None = None,
@@ -182,17 +190,17 @@ def evaluate_predictions(predictions: Path, dataset: str | Path, data_root: Path
     """Score saved label PNGs of any method: ``predictions/<stem>.png``, pixel = class index, 255 = none.
 
     For nested layouts (Cityscapes) the stem is ``city/name``; a flat ``predictions/name.png`` also works.
+    Every prediction file is checked to exist before scoring.
     Returns the same dict as :func:`evaluate_model`.
     """
     spec = load_dataset_spec(dataset)
     variant = class_names_variant or load_protocol()["class_names"]
     data = SegmentationDataset(spec, Path(data_root), limit=limit)
     directory = Path(predictions)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"predictions folder not found: {directory}")
+    paths = prediction_files(directory, data)
 
     def predict(index: int, image: np.ndarray | None, label: np.ndarray) -> torch.Tensor:
-        path = _prediction_path(directory, data.samples[index].key)
+        path = paths[index]
         prediction = read_index_png(path)
         if prediction.shape != label.shape:
             raise ValueError(f"{path}: prediction size {prediction.shape[1]}x{prediction.shape[0]} differs "
@@ -249,6 +257,13 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The command-line interface; protocol defaults come from ``training/datasets/protocol.yaml``."""
     parser = argparse.ArgumentParser(
@@ -262,7 +277,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-root", type=Path, required=True,
                       help="dataset root; with --dataset all, the folder holding every dataset at its "
                            "default place (VOCdevkit/VOC2012, VOCdevkit/VOC2010, coco_stuff164k, cityscapes)")
-    data.add_argument("--limit", type=int, default=None, help="score only the first N images of each split")
+    data.add_argument("--limit", type=_positive_int, default=None, help="score only the first N images of each split")
     source = parser.add_argument_group("what to score (exactly one)").add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="SynSeg checkpoint (.safetensors); 'default' = the bundled model")
     source.add_argument("--predictions", type=Path, help="folder of label PNGs of any method "
@@ -307,14 +322,24 @@ def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     return SynSeg.from_checkpoint(path, device=device), str(path)
 
 
+def _predictions_dir(args: argparse.Namespace, dataset: str) -> Path:
+    # With --dataset all, each dataset's predictions sit in a sub-folder named after it.
+    return args.predictions / dataset if args.dataset == ALL_DATASETS else args.predictions
+
+
+def _check_files(args: argparse.Namespace, dataset: str) -> None:
+    """Raise naming the first missing image, label, split or prediction file of ``dataset``."""
+    data = SegmentationDataset(load_dataset_spec(dataset), args.data_root, limit=args.limit)
+    if args.predictions is not None:
+        prediction_files(_predictions_dir(args, dataset), data)
+
+
 def _run_one(args: argparse.Namespace, dataset: str, model: torch.nn.Module | None,
              model_name: str | None) -> dict[str, Any]:
     common = {"limit": args.limit, "class_names_variant": args.class_names, "save_vis": args.save_vis,
               "vis_max_side": args.vis_max_side, "progress": not args.no_progress}
     if model is None:
-        # With --dataset all, each dataset's predictions sit in a sub-folder named after it.
-        predictions = args.predictions / dataset if args.dataset == ALL_DATASETS else args.predictions
-        return evaluate_predictions(predictions, dataset, args.data_root, **common)
+        return evaluate_predictions(_predictions_dir(args, dataset), dataset, args.data_root, **common)
     result = evaluate_model(model, dataset, args.data_root, templates=args.templates, bg_thresh=args.bg_thresh,
                             short_side=args.short_side, crop_size=args.crop_size, stride=args.stride,
                             max_long_side=args.max_long_side, window_batch=args.window_batch,
@@ -324,13 +349,16 @@ def _run_one(args: argparse.Namespace, dataset: str, model: torch.nn.Module | No
 
 
 def _evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
+    names = list(load_reference_results()["datasets"].values()) if args.dataset == ALL_DATASETS else [args.dataset]
+    for name in names:  # before the model loads and any image is scored: a missing file loses no work
+        _check_files(args, name)
     model, model_name = (None, None) if args.predictions is not None else _load_model(args)
     if args.dataset != ALL_DATASETS:
         result = _run_one(args, args.dataset, model, model_name)
         print(format_result(result))
         return result
     results = {}
-    for name in load_reference_results()["datasets"].values():
+    for name in names:
         results[name] = _run_one(args, name, model, model_name)
         print(format_result(results[name]))
     row = paper_row(results)

@@ -46,10 +46,40 @@ def read_index_png(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot decode label image: {exc}") from exc
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB."""
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header without decoding the pixels."""
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read image header: {exc}") from exc
+    return height, width
+
+
+def _check_jpeg_complete(path: Path) -> None:
+    # OpenCV decodes a truncated JPEG to a grey lower part with only libjpeg's warning on stderr; Pillow
+    # raises. Its 1/8-scale draft decode still reads the whole entropy-coded stream, in about a third of
+    # OpenCV's decoding time.
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot decode image: {exc}") from exc
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (decoded by OpenCV, as mmcv does).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError naming the file: undecodable or truncated.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    _check_jpeg_complete(path)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{path}: cannot decode image")
@@ -108,11 +138,13 @@ def list_samples(spec: DatasetSpec, root: Path, limit: int | None = None) -> lis
     """The samples of a split, in split-file order (or sorted), every file checked to exist.
 
     Args:
-        limit: keep only the first ``limit`` samples (None or 0: all).
+        limit: keep only the first ``limit`` samples (None: all).
     Raises:
         FileNotFoundError naming the first missing image / label / split file;
-        ValueError when the split is empty.
+        ValueError when the split is empty or ``limit`` is below 1.
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"{spec.name}: limit must be at least 1, got {limit}")
     if spec.split is not None:
         split_path = root / spec.split
         keys = _read_split_file(split_path)
@@ -122,7 +154,7 @@ def list_samples(spec: DatasetSpec, root: Path, limit: int | None = None) -> lis
         where = str(root / spec.img_dir / ("*/*" if spec.recursive else "*")) + spec.img_suffix
     if not keys:
         raise ValueError(f"{spec.name}: empty split: no samples in {where}")
-    if limit:
+    if limit is not None:
         keys = keys[:limit]
     refs = [SampleRef(key, root / spec.img_dir / f"{key}{spec.img_suffix}",
                       root / spec.ann_dir / f"{key}{spec.label_suffix}") for key in keys]
@@ -155,16 +187,22 @@ class SegmentationDataset:
         """(H, W, 3) uint8 RGB image of sample ``index``."""
         return read_image(self.samples[index].image_path)
 
+    def _label(self, index: int, size: tuple[int, int]) -> np.ndarray:
+        ref = self.samples[index]
+        label = map_label(read_index_png(ref.label_path), self.spec, ref.label_path)
+        if label.shape != size:
+            raise ValueError(f"{ref.label_path}: label size {label.shape[1]}x{label.shape[0]} differs from "
+                             f"image size {size[1]}x{size[0]} ({ref.image_path})")
+        return label
+
     def label(self, index: int) -> np.ndarray:
-        """(H, W) int64 class indices of sample ``index``, IGNORE_INDEX where not scored."""
-        path = self.samples[index].label_path
-        return map_label(read_index_png(path), self.spec, path)
+        """(H, W) int64 class indices of sample ``index``, IGNORE_INDEX where not scored.
+
+        Checked against the image's size, read from its header (the pixels are not decoded).
+        """
+        return self._label(index, image_size(self.samples[index].image_path))
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and label of sample ``index``, checked to have the same height and width."""
-        image, label = self.image(index), self.label(index)
-        if image.shape[:2] != label.shape:
-            ref = self.samples[index]
-            raise ValueError(f"{ref.label_path}: label size {label.shape[1]}x{label.shape[0]} differs from "
-                             f"image size {image.shape[1]}x{image.shape[0]} ({ref.image_path})")
-        return image, label
+        image = self.image(index)
+        return image, self._label(index, image.shape[:2])
