@@ -37,6 +37,7 @@ STEMS = {
     "cityscapes": ["frankfurt/frankfurt_000000_000294", "lindau/lindau_000000_000019"],
 }
 REDUCE_ZERO = {"voc20", "context59"}
+UNLABELED_AS_BACKGROUND = {"coco_object"}  # the published protocol: stored 255 scored as background (0)
 
 
 def stored_labels(dataset: str) -> list[np.ndarray]:
@@ -51,13 +52,22 @@ def stored_labels(dataset: str) -> list[np.ndarray]:
     return maps
 
 
-def class_labels(dataset: str) -> list[np.ndarray]:
-    """The label maps as class indices (reduce_zero_label applied), IGNORE where not scored."""
+def class_labels(dataset: str, unlabeled: str | None = None) -> list[np.ndarray]:
+    """The label maps as class indices (reduce_zero_label applied), IGNORE where not scored.
+
+    Args:
+        unlabeled: ``background`` or ``ignore`` (stored 255 scored as class 0, or not scored); None = the
+            dataset's default (background for COCO-Object only).
+    """
+    if unlabeled is None:
+        unlabeled = "background" if dataset in UNLABELED_AS_BACKGROUND else "ignore"
     out = []
     for raw in stored_labels(dataset):
         label = raw.astype(np.int64)
         if dataset in REDUCE_ZERO:
             label = np.where((label == 0) | (label == IGNORE), IGNORE, label - 1)
+        if unlabeled == "background":
+            label[label == IGNORE] = 0
         out.append(label)
     return out
 

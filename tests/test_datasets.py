@@ -1,4 +1,5 @@
 """Dataset specs and readers: each benchmark's exact on-disk layout, custom specs, clear errors."""
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,19 @@ def test_reader_on_exact_layout(dataset, tmp_path):
         np.testing.assert_array_equal(label, expected)
 
 
+def test_coco_object_scores_unlabeled_pixels_as_background_by_default(tmp_path):
+    # GroupViT's convert_coco_object.py writes COCO-Stuff's unlabeled 255 as 0; TCL's numbers come from its files.
+    assert [name for name in EXPECTED if load_dataset_spec(name).unlabeled == "background"] == ["coco_object"]
+    write_dataset("coco_object", tmp_path)
+    spec = load_dataset_spec("coco_object")
+    stored = read_index_png(tmp_path / "annotations" / "val2017" / f"{STEMS['coco_object'][0]}_instanceTrainIds.png")
+    assert stored[0, 0] == IGNORE_INDEX  # the converter keeps 255, so both rules can be scored from one file
+    assert SegmentationDataset(spec, tmp_path).label(0)[0, 0] == 0
+    ignoring = SegmentationDataset(replace(spec, unlabeled="ignore"), tmp_path).label(0)
+    np.testing.assert_array_equal(ignoring, class_labels("coco_object", "ignore")[0])
+    assert ignoring[0, 0] == IGNORE_INDEX
+
+
 def test_voc_labels_are_palette_indices(tmp_path):
     write_dataset("voc", tmp_path)
     path = tmp_path / "SegmentationClass" / f"{STEMS['voc'][0]}.png"
@@ -117,6 +131,8 @@ def test_custom_spec_file(tmp_path):
     ("layout: voc\nclasses: [a, b]\nbackground: true\nreduce_zero_label: true\n", "exclude"),
     ("layout: voc\nclasses: [a]\nreadable: {b: c}\n", "readable"),
     ("layout: voc\nclasses: [a]\nbackground: yes please\n", "background"),
+    ("layout: voc\nclasses: [a, b]\nbackground: true\nunlabeled: maybe\n", "unlabeled"),
+    ("layout: voc\nclasses: [a, b]\nunlabeled: background\n", "needs 'background: true'"),
 ])
 def test_bad_spec_names_file_and_key(tmp_path, text, match):
     path = tmp_path / "bad.yaml"

@@ -15,10 +15,13 @@ from training.inference import labels_from_logits, rescale_keep_ratio, slide_log
 MAJORITY = {"voc": 15, "voc20": 14, "context59": 1, "context60": 2, "coco_object": 1, "coco_stuff": 1,
             "cityscapes": 1}
 # A constant prediction of the majority class: IoU 48/95 for it, 0 for the 3 other classes present -> mIoU
-# 48/95/4 = 12/95; with label 0 ignored: 48/80 for it, 0 for the 2 others -> 0.6/3 = 0.2.
-CONSTANT_MIOU = {name: 100 * 12 / 95 for name in DATASETS} | {"voc20": 20.0, "context59": 20.0}
-CONSTANT_AACC = {name: 100 * 48 / 95 for name in DATASETS} | {"voc20": 60.0, "context59": 60.0}
+# 48/95/4 = 12/95; with label 0 ignored: 48/80 for it, 0 for the 2 others -> 0.6/3 = 0.2; COCO-Object scores
+# its unlabeled pixel as background: 48/96 for it -> 0.5/4.
+CONSTANT_MIOU = {name: 100 * 12 / 95 for name in DATASETS} | {"voc20": 20.0, "context59": 20.0, "coco_object": 12.5}
+CONSTANT_AACC = {name: 100 * 48 / 95 for name in DATASETS} | {"voc20": 60.0, "context59": 60.0, "coco_object": 50.0}
 WITH_BACKGROUND = ("voc", "context60", "coco_object")
+# (scored pixels, background pixels) of the fixtures with background: COCO-Object's unlabeled pixel is background.
+BACKGROUND_PIXELS = {"voc": (95, 15), "context60": (95, 15), "coco_object": (96, 16)}
 SMALL = {"short_side": 6, "crop_size": 4, "stride": 2}  # sliding windows on the 6x8 fixtures
 
 
@@ -105,9 +108,11 @@ def test_background_threshold_decides_exactly_at_the_boundary(dataset, tmp_path)
     below = float(np.nextafter(np.float32(0.5), np.float32(0.0)))
     above = evaluate_model(model, dataset, tmp_path, bg_thresh=below, **SMALL)
     background, hot = list(at["per_class"])[0], list(at["per_class"])[MAJORITY[dataset]]
-    # A tie goes to background: every pixel background, IoU = 15 background pixels / 95 scored.
-    assert at["per_class"][background] == pytest.approx(100 * 15 / 95) and at["per_class"][hot] == 0.0
-    assert above["per_class"][background] == 0.0 and above["per_class"][hot] == pytest.approx(100 * 48 / 95)
+    scored, background_pixels = BACKGROUND_PIXELS[dataset]
+    # A tie goes to background: every pixel background, IoU = background pixels / scored pixels.
+    assert at["per_class"][background] == pytest.approx(100 * background_pixels / scored)
+    assert at["per_class"][hot] == 0.0
+    assert above["per_class"][background] == 0.0 and above["per_class"][hot] == pytest.approx(100 * 48 / scored)
     assert at["settings"]["bg_thresh"] == 0.5
 
 
@@ -177,6 +182,32 @@ def test_prediction_errors_name_the_file(tmp_path):
     bad.unlink()
     with pytest.raises(FileNotFoundError, match=str(bad)):
         evaluate_predictions(pred, "voc", tmp_path / "data")
+
+
+@pytest.mark.parametrize("unlabeled, miou, aacc", [
+    (None, 12.5, 50.0),                           # the default: background, as GroupViT's files and TCL's numbers
+    ("background", 12.5, 50.0),                   # the unlabeled pixel is a background pixel: 96 scored
+    ("ignore", 100 * 12 / 95, 100 * 48 / 95),      # it is left out: 95 scored
+])
+def test_coco_object_unlabeled_pixels_both_rules(unlabeled, miou, aacc, tmp_path):
+    write_dataset("coco_object", tmp_path / "data")
+    constant = [np.full((6, 8), MAJORITY["coco_object"], np.uint8)] * 2
+    pred = write_predictions("coco_object", tmp_path / "pred", constant)
+    result = evaluate_predictions(pred, "coco_object", tmp_path / "data", unlabeled=unlabeled)
+    assert (result["miou"], result["aacc"]) == (pytest.approx(miou), pytest.approx(aacc))
+    assert result["settings"]["unlabeled"] == (unlabeled or "background")
+    model = ConstantModel(_prompt_index("coco_object"))
+    scored = evaluate_model(model, "coco_object", tmp_path / "data", bg_thresh=0.49, unlabeled=unlabeled, **SMALL)
+    assert (scored["miou"], scored["aacc"]) == (pytest.approx(miou), pytest.approx(aacc))
+    truth = write_predictions("coco_object", tmp_path / "truth", class_labels("coco_object", unlabeled))
+    assert evaluate_predictions(truth, "coco_object", tmp_path / "data", unlabeled=unlabeled)["miou"] == 100.0
+
+
+def test_unlabeled_rule_is_unused_without_background(tmp_path):
+    write_dataset("context59", tmp_path / "data")
+    pred = write_predictions("context59", tmp_path / "pred", class_labels("context59"))
+    result = evaluate_predictions(pred, "context59", tmp_path / "data", unlabeled="background")
+    assert result["miou"] == 100.0 and result["settings"]["unlabeled"] == "ignore"
 
 
 def test_predictions_check_the_label_against_the_image_size(tmp_path):

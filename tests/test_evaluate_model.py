@@ -155,3 +155,20 @@ def test_cli_all_checks_every_dataset_before_any_work(tmp_path, capsys, defect):
         with pytest.raises(SystemExit):
             main([*argv, "--checkpoint", str(tmp_path / "absent.safetensors")])
         assert str(named) in capsys.readouterr().err
+
+
+def test_cli_unlabeled_rule_for_coco_object(tmp_path):
+    write_dataset("coco_object", tmp_path / "data")
+    # Predictions that abstain (255) exactly where COCO-Stuff's pixel is unlabeled.
+    pred = write_predictions("coco_object", tmp_path / "pred", class_labels("coco_object", "ignore"))
+    out = tmp_path / "out.json"
+    argv = ["--dataset", "coco_object", "--data-root", str(tmp_path / "data"), "--predictions", str(pred),
+            "--json", str(out), "--no-progress"]
+    main(argv)  # default: the unlabeled pixel is background, so the abstention misses it
+    result = json.loads(out.read_text())
+    assert result["settings"]["unlabeled"] == "background"
+    assert result["per_class"]["background"] == pytest.approx(100 * 15 / 16)
+    assert result["miou"] == pytest.approx((100 * 15 / 16 + 300) / 4)
+    main([*argv, "--unlabeled", "ignore"])  # left out of the score
+    result = json.loads(out.read_text())
+    assert result["settings"]["unlabeled"] == "ignore" and result["miou"] == pytest.approx(100.0)

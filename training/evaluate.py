@@ -11,6 +11,7 @@ The Python API :func:`evaluate_model` returns the dict that ``--json`` writes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.datasets import (CLASS_NAME_VARIANTS, DatasetSpec, SegmentationDataset, list_datasets,
-                               list_template_sets, load_dataset_spec, load_protocol, load_reference_results,
-                               load_templates, read_index_png)
+from training.datasets import (CLASS_NAME_VARIANTS, UNLABELED_RULES, DatasetSpec, SegmentationDataset,
+                               list_datasets, list_template_sets, load_dataset_spec, load_protocol,
+                               load_reference_results, load_templates, read_index_png)
 from training.eval_panels import make_palette, save_panel
 from training.inference import ProtocolPredictor, SlideSettings, SynSegLogits, labels_from_logits
 from training.metrics import IGNORE_INDEX, ConfusionMatrix, SegmentationScores
@@ -47,6 +48,14 @@ def slide_settings(short_side: int | None = None, crop_size: int | None = None, 
     given = {"short_side": short_side, "crop_size": crop_size, "stride": stride,
              "max_long_side": max_long_side, "window_batch": window_batch}
     return SlideSettings(**{k: int(protocol[k] if v is None else v) for k, v in given.items()})
+
+
+def _load_spec(dataset: str | Path, unlabeled: str | None) -> DatasetSpec:
+    """The dataset's spec, with ``unlabeled`` overriding its rule for label 255 on datasets with background."""
+    spec = load_dataset_spec(dataset)
+    if unlabeled is None or not spec.background:
+        return spec
+    return dataclasses.replace(spec, unlabeled=unlabeled)
 
 
 def _percent(value: float) -> float | None:
@@ -98,8 +107,8 @@ def _score(dataset: SegmentationDataset, predict: PredictFn, *, needs_image: boo
 def evaluate_model(model: torch.nn.Module, dataset: str | Path, data_root: Path, *, limit: int | None = None,
                    device: str | torch.device | None = None, templates: str | None = None,
                    bg_thresh: float | None = None, class_names_variant: str | None = None,
-                   short_side: int | None = None, crop_size: int | None = None, stride: int | None = None,
-                   max_long_side: int | None = None, window_batch: int | None = None,
+                   unlabeled: str | None = None, short_side: int | None = None, crop_size: int | None = None,
+                   stride: int | None = None, max_long_side: int | None = None, window_batch: int | None = None,
                    class_chunk: int | None = None, save_vis: Path | None = None,
                    vis_max_side: int = DEFAULT_VIS_MAX_SIDE, progress: bool = False,
                    shard: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -118,6 +127,8 @@ def evaluate_model(model: torch.nn.Module, dataset: str | Path, data_root: Path,
         templates: template set of ``templates.yaml`` (``tcl``, ``simple``); None = the dataset's.
         bg_thresh: constant background score, used only by datasets with a background class.
         class_names_variant: ``mmseg`` or ``readable``.
+        unlabeled: ``background`` or ``ignore``: how stored label 255 is scored on datasets with background;
+            None = the spec's (``background`` for COCO-Object, as the published numbers; ``ignore`` elsewhere).
         short_side, crop_size, stride, max_long_side: resize and sliding window (small synthetic images:
             set short_side and crop_size to the image size so each image is one window).
         window_batch, class_chunk: speed/memory only.
@@ -128,7 +139,7 @@ def evaluate_model(model: torch.nn.Module, dataset: str | Path, data_root: Path,
         ``{"dataset", "miou", "aacc", "per_class": {name: iou}, "num_images", "settings", "timing"}``;
         mIoU, aAcc and IoUs in percent (None for a class absent from ground truth and predictions).
     """
-    spec = load_dataset_spec(dataset)
+    spec = _load_spec(dataset, unlabeled)
     protocol = load_protocol()
     variant = class_names_variant or protocol["class_names"]
     template_set = templates or spec.templates
@@ -157,7 +168,7 @@ def evaluate_model(model: torch.nn.Module, dataset: str | Path, data_root: Path,
     settings = {
         "mode": "model", "spec": str(spec.source), "data_root": str(data.root), "limit": limit,
         "device": str(run_device), "templates": template_set, "num_templates": len(load_templates(template_set)),
-        "text_embedding": TEXT_EMBEDDING_RULE, "class_names": variant, "bg_thresh": bg,
+        "text_embedding": TEXT_EMBEDDING_RULE, "class_names": variant, "bg_thresh": bg, "unlabeled": spec.unlabeled,
         "short_side": window.short_side, "max_long_side": window.max_long_side, "crop_size": window.crop_size,
         "stride": window.stride, "window_batch": window.window_batch, "class_chunk": chunk,
         "mean": list(model.config.mean), "std": list(model.config.std),
@@ -185,15 +196,16 @@ def prediction_files(directory: Path, data: SegmentationDataset) -> list[Path]:
 
 
 def evaluate_predictions(predictions: Path, dataset: str | Path, data_root: Path, *, limit: int | None = None,
-                         class_names_variant: str | None = None, save_vis: Path | None = None,
-                         vis_max_side: int = DEFAULT_VIS_MAX_SIDE, progress: bool = False) -> dict[str, Any]:
+                         class_names_variant: str | None = None, unlabeled: str | None = None,
+                         save_vis: Path | None = None, vis_max_side: int = DEFAULT_VIS_MAX_SIDE,
+                         progress: bool = False) -> dict[str, Any]:
     """Score saved label PNGs of any method: ``predictions/<stem>.png``, pixel = class index, 255 = none.
 
     For nested layouts (Cityscapes) the stem is ``city/name``; a flat ``predictions/name.png`` also works.
-    Every prediction file is checked to exist before scoring.
+    Every prediction file is checked to exist before scoring; ``unlabeled`` as in :func:`evaluate_model`.
     Returns the same dict as :func:`evaluate_model`.
     """
-    spec = load_dataset_spec(dataset)
+    spec = _load_spec(dataset, unlabeled)
     variant = class_names_variant or load_protocol()["class_names"]
     data = SegmentationDataset(spec, Path(data_root), limit=limit)
     directory = Path(predictions)
@@ -214,7 +226,7 @@ def evaluate_predictions(predictions: Path, dataset: str | Path, data_root: Path
     scores, seconds = _score(data, predict, needs_image=False, device=torch.device("cpu"), save_vis=save_vis,
                              vis_max_side=vis_max_side, progress=progress, shard=None)
     settings = {"mode": "predictions", "predictions": str(directory), "spec": str(spec.source),
-                "data_root": str(data.root), "limit": limit, "class_names": variant}
+                "data_root": str(data.root), "limit": limit, "class_names": variant, "unlabeled": spec.unlabeled}
     return _results(spec, spec.class_names(variant), scores, len(data), settings, seconds)
 
 
@@ -293,6 +305,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="prompt templates; None: the dataset spec's set (tcl for the benchmarks)")
     infer.add_argument("--class-names", choices=CLASS_NAME_VARIANTS, default=protocol["class_names"],
                        help="class name spelling")
+    infer.add_argument("--unlabeled", choices=UNLABELED_RULES, default=None,
+                       help="how stored label 255 is scored on datasets with background; None: each dataset "
+                            "spec's rule (coco_object: background, as GroupViT's converter and TCL's numbers; "
+                            "voc, context60: ignore, their 255 marks object boundaries)")
     infer.add_argument("--short-side", type=int, default=protocol["short_side"], help="resize short side")
     infer.add_argument("--max-long-side", type=int, default=protocol["max_long_side"],
                        help="cap on the resized long side")
@@ -336,8 +352,8 @@ def _check_files(args: argparse.Namespace, dataset: str) -> None:
 
 def _run_one(args: argparse.Namespace, dataset: str, model: torch.nn.Module | None,
              model_name: str | None) -> dict[str, Any]:
-    common = {"limit": args.limit, "class_names_variant": args.class_names, "save_vis": args.save_vis,
-              "vis_max_side": args.vis_max_side, "progress": not args.no_progress}
+    common = {"limit": args.limit, "class_names_variant": args.class_names, "unlabeled": args.unlabeled,
+              "save_vis": args.save_vis, "vis_max_side": args.vis_max_side, "progress": not args.no_progress}
     if model is None:
         return evaluate_predictions(_predictions_dir(args, dataset), dataset, args.data_root, **common)
     result = evaluate_model(model, dataset, args.data_root, templates=args.templates, bg_thresh=args.bg_thresh,

@@ -8,12 +8,12 @@ Public API::
 """
 from training.datasets.readers import (SampleRef, SegmentationDataset, list_samples, map_label, read_image,
                                        read_index_png, resolve_root)
-from training.datasets.spec import (CLASS_NAME_VARIANTS, DatasetSpec, list_datasets, list_template_sets,
-                                    load_dataset_spec, load_protocol, load_reference_results,
+from training.datasets.spec import (CLASS_NAME_VARIANTS, UNLABELED_RULES, DatasetSpec, list_datasets,
+                                    list_template_sets, load_dataset_spec, load_protocol, load_reference_results,
                                     load_templates)
 
 __all__ = [
-    "CLASS_NAME_VARIANTS", "DatasetSpec", "SampleRef", "SegmentationDataset", "list_datasets", "list_samples",
+    "CLASS_NAME_VARIANTS", "UNLABELED_RULES", "DatasetSpec", "SampleRef", "SegmentationDataset", "list_datasets", "list_samples",
     "list_template_sets", "load_dataset_spec", "load_protocol", "load_reference_results", "load_templates",
     "map_label", "read_image", "read_index_png", "resolve_root",
 ]

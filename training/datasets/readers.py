@@ -92,11 +92,14 @@ def map_label(raw: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
     Args:
         raw: (H, W) uint8 as stored on disk.
     Returns:
-        (H, W) int64 in ``[0, K) ∪ {IGNORE_INDEX}``.
+        (H, W) int64 in ``[0, K) ∪ {IGNORE_INDEX}``; stored IGNORE_INDEX becomes 0 (background) where
+        ``spec.unlabeled`` is ``background``.
     Raises:
         ValueError naming ``path`` when a value is neither a class nor IGNORE_INDEX.
     """
     label = raw.astype(np.int64)
+    if spec.unlabeled == "background":
+        label[label == IGNORE_INDEX] = 0
     if spec.reduce_zero_label:
         ignored = (label == 0) | (label == IGNORE_INDEX)
         label = np.where(ignored, IGNORE_INDEX, label - 1)

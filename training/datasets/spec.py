@@ -20,6 +20,7 @@ PROTOCOL_FILE = _HERE / "protocol.yaml"
 REFERENCE_FILE = _HERE / "reference_results.yaml"
 
 CLASS_NAME_VARIANTS = ("mmseg", "readable")
+UNLABELED_RULES = ("ignore", "background")
 _PATH_FIELDS = ("img_dir", "ann_dir", "img_suffix", "label_suffix", "split", "recursive")
 
 
@@ -38,6 +39,9 @@ class DatasetSpec:
         reduce_zero_label: label 0 is ignored and labels 1..K become 0..K-1 (mmseg's rule: VOC20, Context59).
         background: ``classes[0]`` is a background that is never prompted; it gets the constant score
             ``bg_thresh`` at prediction time.
+        unlabeled: how stored label 255 is scored: ``ignore`` (not scored) or ``background`` (scored as
+            ``classes[0]``; needs ``background``). COCO-Object's published numbers use ``background``: GroupViT's
+            converter, whose files TCL evaluates, writes its unlabeled pixels as 0.
         templates: name of the default template set in ``templates.yaml``.
         readable: replacements that turn ``classes`` into the readable variant.
         default_root: where the dataset sits below a common data folder (mmseg's ``data/`` layout).
@@ -55,12 +59,22 @@ class DatasetSpec:
     recursive: bool = False
     reduce_zero_label: bool = False
     background: bool = False
+    unlabeled: str = "ignore"
     templates: str = "tcl"
     readable: Mapping[str, str] = field(default_factory=dict)
     default_root: str | None = None
     layout: str | None = None
     description: str = ""
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here rather than in the YAML reader so that dataclasses.replace (evaluation overrides) is too.
+        if self.unlabeled not in UNLABELED_RULES:
+            raise ValueError(f"{self.source}: key 'unlabeled' must be one of {UNLABELED_RULES}, "
+                             f"got {self.unlabeled!r}")
+        if self.unlabeled == "background" and not self.background:
+            raise ValueError(f"{self.source}: 'unlabeled: background' needs 'background: true' "
+                             "(label 255 is then scored as classes[0])")
 
     @property
     def num_classes(self) -> int:
@@ -123,7 +137,7 @@ def _spec_from_dict(data: dict[str, Any], path: Path) -> DatasetSpec:
     for key in ("name", "img_dir", "ann_dir", "img_suffix", "label_suffix", "classes"):
         if merged.get(key) is None:
             raise ValueError(f"{path}: missing key {key!r} (give it, or a 'layout' that provides it)")
-    for key in ("name", "img_dir", "ann_dir", "img_suffix", "label_suffix", "templates", "description"):
+    for key in ("name", "img_dir", "ann_dir", "img_suffix", "label_suffix", "unlabeled", "templates", "description"):
         if key in merged:
             _check_type(path, key, merged[key], str)
     for key in ("recursive", "reduce_zero_label", "background"):
