@@ -23,11 +23,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from synseg_model import image_to_tensor
+from synseg_model.config import IMAGENET_MEAN, IMAGENET_STD
 from training.shapes.clip_stage import register_model_config
 from training.shapes.gate import auc, load_voc_split
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 CLASSES = 11
 MIN_PIXELS = 20
 
@@ -43,7 +43,7 @@ def batches(shards: str, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tenso
             images.append(np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB")))
             targets.append(presence(np.asarray(Image.open(io.BytesIO(sample["seg.png"])))))
             if len(images) == batch:
-                yield (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255,
+                yield (image_to_tensor(np.stack(images), IMAGENET_MEAN, IMAGENET_STD),
                        torch.from_numpy(np.stack(targets)).float())
                 images, targets = [], []
 
@@ -66,11 +66,11 @@ def main() -> None:
     head = torch.nn.Linear(arch["embed_dim"], CLASSES)
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=args.lr, weight_decay=0.1)
     images, labels = load_voc_split(args.val)
-    val_x = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+    val_x = image_to_tensor(np.stack(images), IMAGENET_MEAN, IMAGENET_STD)
     val_y = np.stack([presence(label) for label in labels])
     start = time.time()
     for step, (x, y) in enumerate(batches(args.shards, args.batch_size)):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(tower((x - MEAN) / STD)), y)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(tower(x)), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -9,14 +9,14 @@ from .config import SynSegConfig
 from .factory import create_model, get_model_config, list_models, load_checkpoint, load_hf_clipseg
 from .losses import mccl_loss
 from .model import SynSeg, SynSegOutput
-from .runtime import Segmentation, Segmenter
+from .runtime import Segmentation, Segmenter, image_to_tensor
 from .state_dicts import CheckpointError
 from .weights import (convert_hf_clipseg, default_checkpoint_path, load_clipseg_decoder, read_checkpoint,
                       save_checkpoint)
 
 __all__ = [
     "CheckpointError", "Segmentation", "Segmenter", "SynSeg", "SynSegConfig", "SynSegOutput",
-    "convert_hf_clipseg", "create_model", "default_checkpoint_path", "get_model_config", "list_models",
-    "load_checkpoint", "load_clipseg_decoder", "load_hf_clipseg", "mccl_loss", "read_checkpoint",
+    "convert_hf_clipseg", "create_model", "default_checkpoint_path", "get_model_config", "image_to_tensor",
+    "list_models", "load_checkpoint", "load_clipseg_decoder", "load_hf_clipseg", "mccl_loss", "read_checkpoint",
     "save_checkpoint",
 ]

@@ -34,6 +34,7 @@ BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
 CPU_BACKEND = "onnxruntime"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ONNX_OPSET = 17
+DEFAULT_MAX_CATEGORIES = 32  # the largest vocabulary a Segmenter, its engines and the CLIs accept by default
 CUDA_GRAPH_WARMUP = 3       # eager runs on a side stream before capture (cuDNN/cuBLAS pick their kernels)
 TENSORRT_MIN_BLOCK = 1      # let TensorRT take every supported op, however small the block
 
@@ -168,7 +169,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, module: SegmentationModule, device: torch.device, precision: str = "fp32",
-                 compile: bool = False, cuda_graphs: bool = True, max_categories: int = 32,
+                 compile: bool = False, cuda_graphs: bool = True, max_categories: int = DEFAULT_MAX_CATEGORIES,
                  static_categories: bool | None = None):
         device = torch.device(device)
         _check_precision("torch", precision, ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16"))
@@ -422,7 +423,7 @@ class BackendOptions:
         cache_dir: engine cache directory (None: ``default_cache_dir()``).
     """
 
-    max_categories: int = 32
+    max_categories: int = DEFAULT_MAX_CATEGORIES
     precision: str | None = None
     compile: bool = False
     cuda_graphs: bool = True

@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .backends import BackendUnavailable
+from .backends import DEFAULT_MAX_CATEGORIES, BackendUnavailable
 from .clip import get_tokenizer
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .factory import create_model, load_checkpoint
 from .model import SynSeg
-from .runtime import Segmenter, resolve_device
+from .runtime import Segmenter, image_to_tensor, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="precisions to run clipseg at (fp16/bf16 autocast on CUDA)")
     what.add_argument("--clipseg-config", type=json.loads, default=None,
                       help="CLIPSegConfig keyword overrides as JSON (default: ViT-B/16 with the refined decoder)")
-    what.add_argument("--max-categories", type=int, default=32, help="Segmenter max_categories (engines, slots)")
+    what.add_argument("--max-categories", type=int, default=DEFAULT_MAX_CATEGORIES,
+                      help="Segmenter max_categories (engines, slots)")
     what.add_argument("--frame", type=_frame_size, default=(480, 640), help="camera frame HxW for segment()")
     what.add_argument("--cache-dir", default=None, help="engine cache directory (default: the Segmenter's)")
     timing = parser.add_argument_group("timing")
@@ -181,13 +183,6 @@ def _stats(model_ms: list[float], segment_ms: list[float]) -> dict[str, float]:
     return out
 
 
-def preprocess(rgb: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (H, W, 3) -> (1, 3, size, size) normalised, as ``Segmenter.preprocess`` (mean/std on 0-255)."""
-    x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (x - mean) / std
-
-
 class ClipSegRunner:
     """transformers' CLIPSeg (ViT-B/16, refined decoder, random weights), run as its users run it."""
 
@@ -202,9 +197,6 @@ class ClipSegRunner:
         self.device = device
         self.precision = precision
         self.tokenizer = tokenizer
-        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # CLIPSeg's processor: ImageNet statistics
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -220,7 +212,8 @@ class ClipSegRunner:
 
     @torch.no_grad()
     def segment(self, rgb: np.ndarray, input_ids: torch.Tensor, size: int) -> np.ndarray:
-        logits = self.logits(preprocess(rgb, size, self.mean, self.std, self.device), input_ids)
+        # CLIPSeg's processor normalises with the ImageNet statistics.
+        logits = self.logits(image_to_tensor(rgb, IMAGENET_MEAN, IMAGENET_STD, size, self.device), input_ids)
         probs = torch.sigmoid(F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)[0])
         return (probs > 0.5).cpu().numpy()
 

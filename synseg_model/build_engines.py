@@ -16,8 +16,8 @@ import time
 
 from tqdm import tqdm
 
-from .backends import (PRECISIONS, BackendOptions, BackendUnavailable, SegmentationModule, agreement_with_eager,
-                       build_backend, tensorrt_status)
+from .backends import (DEFAULT_MAX_CATEGORIES, PRECISIONS, BackendOptions, BackendUnavailable, SegmentationModule,
+                       agreement_with_eager, build_backend, tensorrt_status)
 from .benchmark import build_model
 from .engine_cache import default_cache_dir
 from .runtime import resolve_device
@@ -32,7 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="project checkpoint (.safetensors); default: the shipped default model")
     source.add_argument("--model", default=None, help="architecture name or config YAML, random weights (tests)")
     parser.add_argument("--sizes", default="352", help="comma-separated input sizes in pixels")
-    parser.add_argument("--max-categories", type=int, default=32, help="largest K the engines accept")
+    parser.add_argument("--max-categories", type=int, default=DEFAULT_MAX_CATEGORIES,
+                        help="largest K the engines accept")
     parser.add_argument("--backend", default="tensorrt", choices=("tensorrt", "onnxruntime"))
     parser.add_argument("--precision", default=None, choices=tuple(PRECISIONS),
                         help="default: fp16 for tensorrt, fp32 for onnxruntime")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends import Backend, BackendOptions, create_backend
+from .backends import DEFAULT_MAX_CATEGORIES, Backend, BackendOptions, create_backend
 from .model import SynSeg
 from .weights import default_checkpoint_path
 
@@ -34,6 +34,18 @@ class Segmentation:
     scores: np.ndarray
 
 
+def image_to_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float], size: int | None = None,
+                    device: str | torch.device | None = None) -> torch.Tensor:
+    """uint8 RGB (H, W, 3), or a (B, H, W, 3) stack -> (B, 3, H', W') float32 normalised with ``mean``/``std``
+    (given on the 0-1 scale), resized first to ``size`` x ``size`` (bilinear, antialiased) when given."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    x = (x if x.dim() == 4 else x[None]).permute(0, 3, 1, 2).float()
+    if size is not None:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) * 255 for v in (mean, std))
+    return (x - mean) / std
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' -> CUDA when available, else CPU; anything else is passed to torch."""
     if str(device) == "auto":
@@ -52,7 +64,7 @@ class Segmenter:
     """
 
     def __init__(self, model: SynSeg, device: str | torch.device = "auto", backend: str = "auto",
-                 threshold: float = 0.5, max_categories: int = 32, input_size: int | None = None,
+                 threshold: float = 0.5, max_categories: int = DEFAULT_MAX_CATEGORIES, input_size: int | None = None,
                  precision: str | None = None, compile: bool = False, cuda_graphs: bool = True,
                  cache_dir: str | Path | None = None):
         """
@@ -84,9 +96,6 @@ class Segmenter:
         self.backend: Backend = create_backend(backend, self.model, self.device, self.input_size, options)
         self.backend_name = self.backend.name
         log.info("Segmenter: backend=%s input_size=%d", self.backend.describe(), self.input_size)
-        cfg = model.config
-        self._mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self._vocab: tuple[list[str], torch.Tensor | None] = ([], None)
 
     @classmethod
@@ -125,10 +134,8 @@ class Segmenter:
             raise ValueError(f"image must be H x W x 3 RGB, got shape {rgb.shape}")
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ValueError(f"image is empty: shape {rgb.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float()
-        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-        return (x - self._mean) / self._std
+        cfg = self.model.config
+        return image_to_tensor(rgb, cfg.mean, cfg.std, self.input_size, self.device)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

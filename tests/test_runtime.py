@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from synseg_model import Segmenter
+from synseg_model import Segmenter, image_to_tensor
 
 
 @pytest.fixture
@@ -54,3 +55,15 @@ def test_bad_vocabulary_raises_and_keeps_the_old(segmenter, labels, message):
 def test_no_vocabulary_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="no vocabulary"):
         Segmenter(tiny_model, device="cpu").segment(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_image_to_tensor_normalises_frames_and_stacks():
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 6, 5, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
+    x = image_to_tensor(rgb, mean, std)
+    assert x.shape == (2, 3, 6, 5) and x.dtype == torch.float32
+    expected = (torch.from_numpy(rgb).permute(0, 3, 1, 2) / 255 - torch.tensor(mean)[:, None, None]) \
+        / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(x, expected)
+    torch.testing.assert_close(image_to_tensor(rgb[1], mean, std), x[1:])
+    assert image_to_tensor(rgb[0], mean, std, size=4).shape == (1, 3, 4, 4)

@@ -32,9 +32,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from synseg_model import image_to_tensor
+
+from .metrics import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255  # label-index maps (`{key}.seg.png`): pixels with this value belong to no class
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SEG_EXTENSION = "seg.png"
 SKIP_REASONS = ("corrupt", "no_labels", "shard_error")
@@ -173,8 +176,6 @@ class ShardReader(torch.utils.data.IterableDataset):
         self.world_size = world_size
         self.num_workers = max(1, num_workers)
         self.position = position or DataPosition()
-        self._mean = torch.tensor(options.mean).view(3, 1, 1)
-        self._std = torch.tensor(options.std).view(3, 1, 1)
         self._class_filter = frozenset(options.classes) if options.classes else None
         self._sidecar_url: str | None = None
         self._sidecar: dict[str, list[str]] | None = None
@@ -289,8 +290,8 @@ class ShardReader(torch.utils.data.IterableDataset):
                 raise _SkipSample("no_labels", f"{key}: no usable class in seg.png")
         else:
             ids = [classes.get(label, _UNMATCHED) for label in labels] if classes else []
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-        return {"key": key, "image": (pixels - self._mean) / self._std, "labels": labels,
+        pixels = image_to_tensor(np.asarray(image, dtype=np.uint8), self.options.mean, self.options.std)[0]
+        return {"key": key, "image": pixels, "labels": labels,
                 "class_ids": ids, "seg": None if seg is None else torch.from_numpy(seg.copy())}
 
     def _collate(self, items: list[dict], position: dict) -> dict[str, Any]:

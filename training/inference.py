@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synseg_model import image_to_tensor
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 """(B, 3, h, w) normalised float windows -> (B, K, h, w) logits."""
 
@@ -142,13 +144,7 @@ class ProtocolPredictor:
         self.logits_fn = logits_fn
         self.settings = settings
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-
-    def _normalise(self, image: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        tensor = tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        return (tensor - self.mean) / self.std
+        self.mean, self.std = tuple(mean), tuple(std)
 
     @torch.no_grad()
     def logits(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -161,9 +157,9 @@ class ProtocolPredictor:
             (K, H_out, W_out) float32 averaged window logits, bilinearly resized.
         """
         s = self.settings
-        resized = rescale_keep_ratio(image, s.short_side, s.max_long_side)
-        logits = slide_logits(self.logits_fn, self._normalise(resized), s.crop_size, s.stride,
-                              s.window_batch)
+        resized = image_to_tensor(rescale_keep_ratio(image, s.short_side, s.max_long_side), self.mean, self.std,
+                                  device=self.device)
+        logits = slide_logits(self.logits_fn, resized, s.crop_size, s.stride, s.window_batch)
         size = tuple(out_size) if out_size is not None else tuple(image.shape[:2])
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 IGNORE_INDEX = 255
-"""Label value of pixels that are not scored (VOC boundaries, unlabeled COCO / Cityscapes pixels)."""
+"""Label value of pixels that belong to no class and are not scored: VOC boundaries, unlabeled COCO /
+Cityscapes pixels, the shapes world's and the training shards' ``seg.png`` ignore pixels."""
 
 
 @dataclass(frozen=True)

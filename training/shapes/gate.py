@@ -19,6 +19,8 @@ import open_clip
 import torch
 from PIL import Image
 
+from synseg_model import image_to_tensor
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,8 +75,7 @@ def zero_shot_gate(model: torch.nn.Module, tokenizer: Any, images: list[np.ndarr
         dict with ``auc`` {class: AUC}, ``text_cosine`` (K,K) list, ``max_text_cosine`` and its pair,
         ``passed`` (bool) and ``failures`` (list of reasons).
     """
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    x = image_to_tensor(np.stack(images), mean, std)
     img = torch.nn.functional.normalize(torch.cat([model.encode_image(b) for b in x.split(128)]), dim=-1)
     prompts = [gate["template"].format(c) for c in class_names]
     txt = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)

@@ -32,9 +32,10 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from training.metrics import IGNORE_INDEX
 from training.shapes.captions import make_caption
 from training.shapes.render import Scene, hard_negatives, render, sample_scene
-from training.shapes.world import IGNORE_INDEX, World, load_world
+from training.shapes.world import World, load_world
 
 logger = logging.getLogger(__name__)
 

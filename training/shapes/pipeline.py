@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from synseg_model import SynSeg, default_checkpoint_path, load_checkpoint, save_checkpoint
+from synseg_model import SynSeg, default_checkpoint_path, image_to_tensor, load_checkpoint, save_checkpoint
 from training import evaluate as evaluation
 from training import prepare_labels
 from training import train as trainer
@@ -418,13 +418,11 @@ def activation_on_off(model: SynSeg, root: Path, class_names: list[str], limit: 
     """
     ids = (root / "ImageSets/Segmentation/val.txt").read_text().split()[:limit]
     text = model.encode_text(class_names)
-    mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.config.std).view(1, 3, 1, 1)
     on, off = [], []
     for i in ids:
-        image = torch.from_numpy(read_image(root / "JPEGImages" / f"{i}.jpg")).permute(2, 0, 1)[None].float() / 255
+        image = image_to_tensor(read_image(root / "JPEGImages" / f"{i}.jpg"), model.config.mean, model.config.std)
         label = torch.from_numpy(read_index_png(root / "SegmentationClass" / f"{i}.png").astype(np.int64))
-        act = torch.sigmoid(model((image - mean) / std, text))[0]          # (K, H, W)
+        act = torch.sigmoid(model(image, text))[0]                         # (K, H, W)
         for k in range(len(class_names)):
             inside = label == k
             if inside.any():

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from synseg_model import load_checkpoint
+from synseg_model import image_to_tensor, load_checkpoint
 from training.datasets.readers import read_image, read_index_png
 from training.eval_panels import colorize, make_palette
 
@@ -75,13 +75,11 @@ def write_figure(pipeline: "Pipeline", rows: dict[str, dict[str, Any]], path: Pa
     for r, i in enumerate(ids):
         image = read_image(root / "JPEGImages" / f"{i}.jpg")
         gt = read_index_png(root / "SegmentationClass" / f"{i}.png")
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
         panels = [(image, "image"), (colorize(gt, palette), "ground truth")]
         act = None
         for n, model in models.items():
-            mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
-            std = torch.tensor(model.config.std).view(1, 3, 1, 1)
-            act = torch.sigmoid(model((x - mean) / std, model.encode_text(classes)))[0]
+            x = image_to_tensor(image, model.config.mean, model.config.std)
+            act = torch.sigmoid(model(x, model.encode_text(classes)))[0]
             panels.append((colorize(act.argmax(0).numpy(), palette), labels[n].split(")")[0] + ")"))
         present = [int(c) for c in np.unique(gt) if c < len(classes)][:n_maps]
         for c in present:

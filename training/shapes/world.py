@@ -8,8 +8,9 @@ from typing import Any
 
 import yaml
 
+from training.metrics import IGNORE_INDEX
+
 DEFAULT_WORLD = Path(__file__).resolve().parents[2] / "config" / "shapes" / "world.yaml"
-IGNORE_INDEX = 255
 
 _REQUIRED_KEYS = (
     "image_size", "jpeg_quality", "stuff", "split_background_prob", "split_min_fraction", "shapes",
