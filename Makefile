@@ -14,7 +14,7 @@ ROS_PYTHONPATH := PYTHONPATH=$$(echo $(CURDIR)/install/synseg_ros/lib/python3*/s
 FASTDDS := FASTDDS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds_loopback.xml
 SANDBOX := scripts/sandbox
 
-.PHONY: setup test demo shapes clean
+.PHONY: setup test test-fast demo shapes clean
 
 setup: $(STAMP) $(ROS_STAMP)
 
@@ -33,6 +33,10 @@ $(ROS_STAMP): $(STAMP) msg/SegmentationMasks.msg CMakeLists.txt package.xml scri
 
 test: setup
 	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests
+
+# The same without the tests marked slow (pytest.ini): whole pipelines, several processes, ROS load tests.
+test-fast: setup
+	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests -m "not slow"
 
 # Generated scenes -> the node on the offline default model -> overlays and a summary in demo_out/.
 demo: setup

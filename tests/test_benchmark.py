@@ -21,6 +21,7 @@ TINY_CLIPSEG = {
 }
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_json_table_and_plot(tmp_path, capsys):
     out_json, out_png, out_md = tmp_path / "bench.json", tmp_path / "bench.png", tmp_path / "bench.md"
     rows = benchmark.main([

@@ -176,11 +176,13 @@ def test_gate_auc():
     assert np.isnan(auc(np.array([0.1, 0.2]), np.array([True, True])))
 
 
+@pytest.mark.slow
 def test_three_stages_ci_sized(tmp_path):
     """The pipeline's own stage functions at CI size: data, CLIP, dense decoder, MCCL, evaluation."""
     from synseg_model import load_checkpoint
+    from training.evaluate import evaluate_model
     from training.shapes.clip_stage import register_model_config
-    from training.shapes.pipeline import Pipeline, load_pipeline_config
+    from training.shapes.pipeline import Pipeline, activation_on_off, load_pipeline_config
 
     cfg = load_pipeline_config("config/shapes/pipeline.yaml", [
         "data.train=64", "data.val=4", "data.dev=4", "data.gate=6", "data.shard_size=32", "data.workers=1",
@@ -244,9 +246,18 @@ def test_three_stages_ci_sized(tmp_path):
     assert all(torch.equal(ablation.state_dict()[k], v) for k, v in at_5.items())
 
     row = pipeline.evaluate_row("paper", stage3)
-    for split in ("test", "dev"):
-        assert 0 <= row[split]["miou"] <= 100 and 0 <= row[split]["act_on"] <= 1
-        assert row[split]["num_images"] == 4
+    model = load_checkpoint(stage3)  # each figure is that of the split it names, scored directly
+    for split, root in (("test", pipeline.test_root), ("dev", pipeline.dev_root)):
+        settings = row[split]["settings"]
+        direct = evaluate_model(model, settings["spec"], root, limit=settings["limit"],
+                                short_side=settings["short_side"], crop_size=settings["crop_size"],
+                                stride=settings["stride"])
+        assert row[split]["per_class"] == pytest.approx(direct["per_class"])
+        assert row[split]["miou"] == pytest.approx(direct["miou"]) and row[split]["num_images"] == 4
+        activation = activation_on_off(model, root, pipeline.world.class_names, settings["limit"])
+        assert (row[split]["act_on"], row[split]["act_off"]) == pytest.approx(
+            (activation["act_on"], activation["act_off"]))
+    assert row["test"]["per_class"] != row["dev"]["per_class"]  # two different splits
 
 
 # mIoU points the committed model may lose on freshly generated scenes against the test-split figure in its

@@ -205,6 +205,7 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(data, tmp_path, c
     assert result.step == 6
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     steps = "train.steps=10"
     common = ("data.workers=2", "train.log_every=1", "train.ckpt_every=100")

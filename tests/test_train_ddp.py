@@ -5,6 +5,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -30,6 +31,7 @@ def _run_rank(rank: int, world_size: int, port: int, argv: list[str], out: str) 
     torch.save(trainable_state(result.model), Path(out) / f"weights_rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_ranks_see_disjoint_samples_and_keep_identical_weights(tmp_path):
     paths = write_shards(tmp_path / "shards", shards=4, per_shard=8, size=(72, 64))
     write_sidecars(paths, tmp_path / "labels")
