@@ -193,6 +193,19 @@ def test_truncated_jpeg_is_named(tmp_path):
         data.load(1)
 
 
+def test_image_size_from_the_header_follows_exif_orientation(tmp_path):
+    # A camera JPEG stored 6 wide and 8 high with EXIF orientation 6 (turn 90 degrees) decodes to 8x6, the
+    # label's size: the header check of --predictions must agree with what read_image returns.
+    write_dataset("voc", tmp_path)
+    image = Image.fromarray(np.zeros((8, 6, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "JPEGImages" / f"{STEMS['voc'][0]}.jpg", exif=exif.tobytes())
+    data = SegmentationDataset(load_dataset_spec("voc"), tmp_path)
+    assert data.load(0)[0].shape == (6, 8, 3)
+    np.testing.assert_array_equal(data.label(0), class_labels("voc")[0])
+
+
 def test_label_values_outside_the_classes_are_named(tmp_path):
     write_dataset("cityscapes", tmp_path)
     label = tmp_path / "gtFine" / "val" / f"{STEMS['cityscapes'][0]}_gtFine_labelTrainIds.png"

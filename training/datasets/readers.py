@@ -15,6 +15,8 @@ from training.metrics import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 _INDEX_PNG_MODES = ("P", "L")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,15 @@ def read_index_png(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, read from its header without decoding the pixels."""
+    """(H, W) of an image file as :func:`read_image` returns it, read from its header without decoding it."""
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
             width, height = image.size
+            # OpenCV applies the EXIF orientation when it decodes (as mmcv's loader does).
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
     except OSError as exc:
         raise ValueError(f"{path}: cannot read image header: {exc}") from exc
     return height, width
