@@ -29,6 +29,7 @@ MIN_GAIN_OVER_WHOLE_IMAGE = 0.1
 MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not default_checkpoint_path().exists(),
                     reason=f"the offline default model {default_checkpoint_path()} is not trained yet (issue 7)")
 def test_default_model_masks_overlap_the_true_shapes(ros_context, tmp_path):

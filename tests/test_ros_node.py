@@ -180,6 +180,7 @@ def test_malformed_images_never_stop_the_node(fake_node):
     assert proc.poll() is None
 
 
+@pytest.mark.slow
 def test_slow_model_at_30_hz_drops_stale_frames(ros_context, tmp_path):
     """A 0.2 s model fed 640x480 frames at 30 Hz: bounded latency, no queue growth, drops counted."""
     from synseg_ros.msg import SegmentationMasks
