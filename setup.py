@@ -11,7 +11,7 @@ setup(
                   "training": ["datasets/*.yaml", "datasets/specs/*.yaml", "data/*"]},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "open_clip_torch", "numpy", "opencv-python-headless",
-                      "PyYAML", "safetensors", "tqdm"],
+                      "PyYAML", "safetensors", "tqdm", "huggingface_hub"],
     # For ROS 2 tools (ros2 launch/run) when installed with pip; colcon installs the same from CMakeLists.txt.
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/synseg_ros"]),

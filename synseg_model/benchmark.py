@@ -37,7 +37,7 @@ from tqdm import tqdm
 from .backends import DEFAULT_MAX_CATEGORIES, BackendUnavailable
 from .clip import get_tokenizer
 from .config import IMAGENET_MEAN, IMAGENET_STD
-from .factory import create_model, load_checkpoint
+from .factory import create_model, list_models, load_checkpoint
 from .model import SynSeg
 from .runtime import Segmenter, image_to_tensor, resolve_device
 
@@ -49,10 +49,11 @@ PROMPT = "a photo of a category {}."
 
 
 def build_model(name_or_path: str) -> SynSeg:
-    """A checkpoint (.safetensors), or a bundled architecture / config YAML with random CLIP weights."""
-    if str(name_or_path).endswith(".safetensors"):
-        return load_checkpoint(name_or_path)
-    return create_model(name_or_path, clip_pretrained=None)
+    """A bundled architecture (``list_models()``) or config YAML with random weights (speed does not depend on
+    them), else a model by name or path (``list_pretrained()``, ``hf-hub:ORG/REPO``, a ``.safetensors`` file)."""
+    if name_or_path in list_models() or Path(name_or_path).suffix in (".yaml", ".yml"):
+        return create_model(name_or_path, clip_pretrained=None)
+    return load_checkpoint(name_or_path)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to run")
     what.add_argument("--model", default="synseg-vit-b-16",
-                      help="architecture name or config YAML (random weights), or a checkpoint .safetensors")
+                      help="architecture name or config YAML (random weights), or a model: a name from "
+                           "`python -m synseg_model.pretrained list`, hf-hub:ORG/REPO[@REV] or a .safetensors file")
     what.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run")
     what.add_argument("--backends", type=_name_list, default=["auto"],
                       help="comma-separated NAME[:PRECISION][:compile], NAME one of auto, tensorrt, torch, "

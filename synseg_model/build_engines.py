@@ -1,6 +1,6 @@
 """Prebuild the compiled models a Segmenter would otherwise build on its first start.
 
-    python -m synseg_model.build_engines --checkpoint model.safetensors --sizes 352 --max-categories 32
+    python -m synseg_model.build_engines --checkpoint clipseg-rd64-refined --sizes 352 --max-categories 32
 
 Builds one artifact per input size into the engine cache (TensorRT engines on CUDA; ONNX graphs with
 ``--backend onnxruntime``), keyed exactly as ``Segmenter`` looks them up, then checks each against eager
@@ -20,8 +20,8 @@ from .backends import (DEFAULT_MAX_CATEGORIES, PRECISIONS, BackendOptions, Backe
                        agreement_with_eager, build_backend, tensorrt_status)
 from .benchmark import build_model
 from .engine_cache import default_cache_dir
+from .factory import load_checkpoint
 from .runtime import resolve_device
-from .weights import default_checkpoint_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", default=None,
-                        help="project checkpoint (.safetensors); default: the shipped default model")
+                        help="a model name (python -m synseg_model.pretrained list), hf-hub:ORG/REPO[@REV] or a "
+                             ".safetensors file; default: the shipped default model")
     source.add_argument("--model", default=None, help="architecture name or config YAML, random weights (tests)")
     parser.add_argument("--sizes", default="352", help="comma-separated input sizes in pixels")
     parser.add_argument("--max-categories", type=int, default=DEFAULT_MAX_CATEGORIES,
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"cannot build {args.backend} engines here: {exc}")
     if args.backend == "tensorrt" and tensorrt_status()[0] is None:
         sys.exit(f"cannot build tensorrt engines here: {tensorrt_status()[1]}")
-    model = build_model(args.model) if args.model else build_model(str(args.checkpoint or default_checkpoint_path()))
+    try:
+        model = build_model(args.model) if args.model else load_checkpoint(args.checkpoint)
+    except ValueError as exc:  # CheckpointError (unknown name, offline and not cached...), bad architecture
+        sys.exit(f"cannot load the model: {exc}")
     model = model.to(device).eval()
     options = BackendOptions(max_categories=args.max_categories, precision=args.precision, cache_dir=args.cache_dir)
     failed = False

@@ -13,6 +13,7 @@ from .clip import (activation_widths, build_clip, get_tokenizer, token_stride, v
                    visual_depth)
 from .config import SynSegConfig
 from .decoder import Decoder, Projector, synergy_features
+from .pretrained import resolve_checkpoint
 from .state_dicts import check_state_dict
 from .weights import read_checkpoint
 
@@ -151,13 +152,20 @@ class SynSeg(nn.Module):
         return self.decode(self.encode_image(images), text, tuple(images.shape[-2:]), return_synergy)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SynSeg":
-        """Build the model a project checkpoint (``save_checkpoint``) describes and load its weights.
+    def from_checkpoint(cls, name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> "SynSeg":
+        """Build the model a checkpoint describes and load its weights.
 
-        Strict, with errors naming the file and key: every trainable tensor must be in the file, and CLIP's
-        either all (then they replace CLIP's) or none (then CLIP comes from the config, e.g. a pretrained tag).
-        The file's model card becomes ``model.model_card``.
+        Args:
+            name_or_path: a registered name (``synseg_model.list_pretrained()``; None: the offline default
+                model), ``hf-hub:ORG/REPO[@REVISION]`` (downloaded and, from the CLIPSeg layout, converted
+                once), or the path of a project checkpoint (``save_checkpoint``).
+            device: where to put the model.
+
+        Loading is strict, with errors naming the file and key: every trainable tensor must be in the file,
+        and CLIP's either all (then they replace CLIP's) or none (then CLIP comes from the config, e.g. a
+        pretrained tag). ``model.model_card`` is the file's card with what the name adds (source, licence...).
         """
+        path, extra_card = resolve_checkpoint(name_or_path)
         config, card, tensors = read_checkpoint(path)
         model = cls(config)
         frozen = model.state_dict().keys() - model.trainable_state_dict().keys()
@@ -166,5 +174,5 @@ class SynSeg(nn.Module):
             model.load_state_dict(tensors, strict=False)
         else:
             model.load_trainable_state_dict(tensors, path)
-        model.model_card = card
+        model.model_card = {**card, **extra_card}
         return model.to(device).eval()

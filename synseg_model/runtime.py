@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from .backends import DEFAULT_MAX_CATEGORIES, Backend, BackendOptions, create_backend
 from .model import SynSeg
-from .weights import default_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +98,10 @@ class Segmenter:
         self._vocab: tuple[list[str], torch.Tensor | None] = ([], None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "auto",
+    def from_checkpoint(cls, name_or_path: str | Path | None = None, device: str | torch.device = "auto",
                         backend: str = "auto", **kwargs) -> "Segmenter":
-        """A Segmenter over a project checkpoint; ``path=None`` loads the offline default model."""
-        model = SynSeg.from_checkpoint(default_checkpoint_path() if path is None else path)
+        """A Segmenter over a model by name or path (see ``SynSeg.from_checkpoint``; None: the offline default)."""
+        model = SynSeg.from_checkpoint(name_or_path)
         return cls(model, device=device, backend=backend, **kwargs)
 
     @property

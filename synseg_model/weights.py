@@ -19,12 +19,6 @@ from .state_dicts import CheckpointError, check_state_dict, read_state_dict
 
 FORMAT = "synseg"
 FORMAT_VERSION = "1"
-DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "synseg-shapes.safetensors"
-
-
-def default_checkpoint_path() -> Path:
-    """The offline default model shipped with the package (trained in the shapes world)."""
-    return DEFAULT_CHECKPOINT
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, card: Mapping[str, Any] | None = None,
@@ -66,8 +60,10 @@ def write_checkpoint(path: str | Path, config: SynSegConfig, tensors: Mapping[st
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[SynSegConfig, dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, model card, tensors) of a project checkpoint; CheckpointError names the file if it is bad."""
+def read_checkpoint(path: str | Path, tensors: bool = True
+                    ) -> tuple[SynSegConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, model card, tensors) of a project checkpoint (``tensors=False``: no tensors read, an empty
+    dict); CheckpointError names the file if it is bad."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -76,7 +72,7 @@ def read_checkpoint(path: str | Path) -> tuple[SynSegConfig, dict[str, Any], dic
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as exc:  # truncated file, bad header
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
     if meta.get("format") != FORMAT:
@@ -107,6 +103,10 @@ def load_clipseg_decoder(model: nn.Module, path: str | Path) -> None:
 
 
 # Hugging Face CLIPSeg ("CIDAS/clipseg-rd64-refined") -> SynSeg.
+
+# Bump when convert_hf_clipseg / read_hf_clipseg change what they produce: converted models cached by an
+# older version are then made again (synseg_model.pretrained keys its cache with it).
+HF_CONVERTER_VERSION = "1"
 
 def hf_clipseg_config(hf: Mapping[str, Any]) -> SynSegConfig:
     """SynSegConfig equivalent to a Hugging Face ``CLIPSegConfig`` (as a dict, e.g. its config.json)."""
@@ -196,27 +196,27 @@ def convert_hf_clipseg(state: Mapping[str, torch.Tensor], hf: Mapping[str, Any])
 
 def read_hf_clipseg(directory: str | Path) -> tuple[SynSegConfig, dict[str, torch.Tensor]]:
     """The SynSeg config and full state dict of a Hugging Face CLIPSeg folder (``config.json`` +
-    ``model.safetensors`` or ``pytorch_model.bin``), e.g. a snapshot of ``CIDAS/clipseg-rd64-refined``.
-
-    CLIPSeg has no FSS projector: it gets a fixed-seed initialisation, so that every conversion of the same
-    folder gives the same tensors.
-    """
+    ``model.safetensors`` or ``pytorch_model.bin``), e.g. a snapshot of ``CIDAS/clipseg-rd64-refined``."""
     directory = Path(directory)
-    config_file = directory / "config.json"
-    try:
-        hf = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{config_file}: cannot read Hugging Face config: {exc}") from exc
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
-            state = read_state_dict(directory / name)
-            break
-    else:
-        raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
+            return hf_clipseg_checkpoint(read_state_dict(directory / name), directory / "config.json")
+    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def hf_clipseg_checkpoint(state: Mapping[str, torch.Tensor], config_file: str | Path
+                          ) -> tuple[SynSegConfig, dict[str, torch.Tensor]]:
+    """``convert_hf_clipseg`` of a CLIPSeg state dict and its ``config.json``, plus the FSS projector.
+
+    CLIPSeg has no projector: it gets a fixed-seed initialisation, so that every conversion of the same
+    weights gives the same tensors. Errors name ``config_file``.
+    """
     try:
+        hf = json.loads(Path(config_file).read_text())
         config, converted = convert_hf_clipseg(state, hf)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{directory}: not a CLIPSeg checkpoint ({type(exc).__name__}: {exc})") from exc
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{config_file}: not a readable CLIPSeg config and checkpoint "
+                              f"({type(exc).__name__}: {exc})") from exc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         projector = Projector(config, hf["projection_dim"])

@@ -28,7 +28,7 @@ def test_overrides_parse_into_typed_values():
 
 def test_paper_settings_in_cc12m_config():
     cfg = load_config(CC12M)
-    assert cfg.task == "mccl" and cfg.model == "synseg-vit-b-16"
+    assert cfg.task == "mccl" and cfg.init_checkpoint == "clipseg-rd64-refined" and cfg.model is None
     assert cfg.data.image_size == 224 and cfg.data.max_labels == 8
     assert cfg.optim.lr == pytest.approx(2e-4) and cfg.optim.weight_decay == pytest.approx(0.05)
     assert cfg.optim.warmup_steps == 1000 and cfg.loss.weights == [1.0, 1.0, 1.0, 1.0]

@@ -116,7 +116,7 @@ class TrainingConfig:
 
     task: str = "mccl"  # mccl | dense_bce
     model: Union[str, dict, None] = None  # synseg_model config name, YAML path, or SynSegConfig fields
-    init_checkpoint: str | None = None  # foundation-format file: its model (config + weights) is the start
+    init_checkpoint: str | None = None  # name (list_pretrained(), hf-hub:ORG/REPO) or foundation-format file
     init_decoder: str | None = None  # decoder weights for `model`: CLIPSeg rd64-*.pth or a .safetensors
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -290,7 +290,7 @@ class ShardReader(torch.utils.data.IterableDataset):
                 raise _SkipSample("no_labels", f"{key}: no usable class in seg.png")
         else:
             ids = [classes.get(label, _UNMATCHED) for label in labels] if classes else []
-        pixels = image_to_tensor(np.asarray(image, dtype=np.uint8), self.options.mean, self.options.std)[0]
+        pixels = image_to_tensor(np.array(image, dtype=np.uint8), self.options.mean, self.options.std)[0]
         return {"key": key, "image": pixels, "labels": labels,
                 "class_ids": ids, "seg": None if seg is None else torch.from_numpy(seg.copy())}
 

@@ -291,7 +291,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "default place (VOCdevkit/VOC2012, VOCdevkit/VOC2010, coco_stuff164k, cityscapes)")
     data.add_argument("--limit", type=_positive_int, default=None, help="score only the first N images of each split")
     source = parser.add_argument_group("what to score (exactly one)").add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="SynSeg checkpoint (.safetensors); 'default' = the bundled model")
+    source.add_argument("--checkpoint", help="a model: a name from `python -m synseg_model.pretrained list` "
+                        "('default' = the bundled model), hf-hub:ORG/REPO[@REVISION], or a .safetensors file")
     source.add_argument("--predictions", type=Path, help="folder of label PNGs of any method "
                         "(<stem>.png, pixel = class index, 255 = none; with --dataset all, one sub-folder "
                         "per dataset: <dir>/voc, <dir>/context59, ...); no model involved")
@@ -328,14 +329,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
-    from synseg_model import SynSeg, create_model, default_checkpoint_path
+    from synseg_model import SynSeg, create_model
     from synseg_model.runtime import resolve_device
 
     device = resolve_device(args.device)
     if args.model is not None:
         return create_model(args.model, device=device), f"{args.model} (initial weights)"
-    path = default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)
-    return SynSeg.from_checkpoint(path, device=device), str(path)
+    name = None if args.checkpoint == "default" else args.checkpoint
+    return SynSeg.from_checkpoint(name, device=device), args.checkpoint
 
 
 def _predictions_dir(args: argparse.Namespace, dataset: str) -> Path:

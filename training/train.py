@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from synseg_model import (SynSeg, SynSegConfig, create_model, get_model_config, load_checkpoint, read_checkpoint,
-                          save_checkpoint)
+                          resolve_checkpoint, save_checkpoint)
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainingConfig, load_config
@@ -75,11 +75,12 @@ def resolve_model_config(cfg: TrainingConfig) -> SynSegConfig:
     """The architecture the run trains, checked before anything is built.
 
     Raises:
-        ConfigError: unknown model name, bad fields, unreadable init checkpoint.
+        ConfigError: unknown model name, bad fields, unknown or unreadable init checkpoint (offline and not
+            cached included).
     """
     try:
-        if cfg.init_checkpoint:
-            return read_checkpoint(cfg.init_checkpoint)[0]
+        if cfg.init_checkpoint:  # a name (downloaded and converted once) or a path
+            return read_checkpoint(resolve_checkpoint(cfg.init_checkpoint)[0], tensors=False)[0]
         if isinstance(cfg.model, dict):
             return SynSegConfig.from_dict(cfg.model)
         return get_model_config(cfg.model)
@@ -97,9 +98,8 @@ def build_model(cfg: TrainingConfig, model_config: SynSegConfig, device: torch.d
 def check_before_work(cfg: TrainingConfig, world_size: int) -> tuple[SynSegConfig, list[str]]:
     """Every check that can fail on the config, so that errors come before any model or data work."""
     model_config = resolve_model_config(cfg)
-    for key, value in (("init_checkpoint", cfg.init_checkpoint), ("init_decoder", cfg.init_decoder)):
-        if value and not Path(value).is_file():
-            raise ConfigError(f"{key}: file not found: {value}")
+    if cfg.init_decoder and not Path(cfg.init_decoder).is_file():
+        raise ConfigError(f"init_decoder: file not found: {cfg.init_decoder}")
     if cfg.val.every and not Path(cfg.val.data_root).exists():
         raise ConfigError(f"val.data_root: not found: {cfg.val.data_root}")
     try:
