@@ -1,8 +1,14 @@
 """Extract caption labels for every shard: `python -m training.prepare_labels --shards PATTERN --out DIR`.
 
 Writes one JSON sidecar per shard, `<out>/<shard name>.json` = {sample key: [label, ...]}, which the
-training reader joins by key. Shards whose sidecar exists are skipped, so an interrupted run resumes
-where it stopped (a sidecar appears atomically, only once its shard is complete).
+training reader joins by key, and `<out>/_summary.json` with the counts of the run. Shards whose sidecar
+exists are skipped, so an interrupted run resumes where it stopped (a sidecar appears atomically, only
+once its shard is complete).
+
+A damaged shard (not a tar, a bad header, cut short) gets a warning line of its own and no sidecar: the
+next run retries it, so re-download it first. Captions longer than `max_chars` are cut before parsing.
+Label settings (spaCy model, stop words, caption cleaning, the abstract-noun test) come from
+training/data/labels.yaml; `--config FILE` changes some of them.
 
 Captions are parsed by spaCy in batches (`nlp.pipe`). `--processes N` labels N shards at a time, each
 process with its own pipeline and writing its own sidecars. (spaCy's `nlp.pipe(n_process=N)` would ship
@@ -12,61 +18,116 @@ parsing it, so that parent caps the speed.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
+import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data import expand_shards, sidecar_path
-from .labels import DEFAULT_SPACY_MODEL, DEFAULT_STOP_WORDS, LabelExtractor
+from .labels import LabelConfig, LabelExtractor, load_label_config
 
 logger = logging.getLogger(__name__)
 
 CAPTION_EXTENSION = "txt"
+SUMMARY_NAME = "_summary.json"  # beside the sidecars; the underscore keeps it apart from shard names
+COUNTS = ("captions", "labels", "without_label", "samples_without_caption", "captions_truncated")
 _extractor: LabelExtractor | None = None  # one per labelling process (set by _init_worker)
 
 
-def read_captions(url: str) -> list[tuple[str, str]]:
-    """(key, caption) of every sample in one shard; only the caption members are read into memory.
+@dataclass
+class ShardCaptions:
+    """What one shard holds: (key, caption) pairs, samples without a caption, and the damage if any."""
 
-    A broken shard yields the captions read before the break, with a warning.
+    captions: list[tuple[str, str]] = field(default_factory=list)
+    samples_without_caption: int = 0
+    damage: str | None = None  # why reading stopped before the end of the archive
+
+
+class _DamageTrackingInfo(tarfile.TarInfo):
+    """Remembers why a tar stream stopped. tarfile ends its member loop *silently* on a bad header or on
+    a stream that ends without the end-of-archive blocks; only a zero block is a proper end."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.HeaderError as exc:
+            archive.damage = f"{type(exc).__name__}: {exc or 'the stream ends without the end-of-archive blocks'}"
+            raise
+
+
+def read_captions(url: str) -> ShardCaptions:
+    """Captions of one shard, read as a stream; only the caption members are read into memory.
+
+    Samples are grouped by key as WebDataset does (member path up to the first dot of its file name). A
+    shard that cannot be opened, is not a tar, or breaks off is reported in `damage`, with what was read
+    before the break.
     """
-    def warn(exc: Exception) -> bool:
-        logger.warning("shard %s: %r (the rest of this shard is skipped)", url, exc)
-        return False
+    shard = ShardCaptions()
+    keys_with_caption: dict[str, bool] = {}
+    try:
+        with wds.gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*",
+                                                    tarinfo=_DamageTrackingInfo) as archive:
+            archive.damage = None
+            for member in archive:
+                if not member.isfile():
+                    continue
+                folder, _, name = member.name.rpartition("/")
+                stem, _, extension = name.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                is_caption = extension == CAPTION_EXTENSION
+                keys_with_caption[key] = keys_with_caption.get(key, False) or is_caption
+                if is_caption:
+                    raw = archive.extractfile(member).read()
+                    shard.captions.append((key, raw.decode("utf-8", errors="replace")))
+            shard.damage = archive.damage
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        shard.damage = f"{type(exc).__name__}: {exc}"
+    shard.samples_without_caption = sum(not has for has in keys_with_caption.values())
+    return shard
 
-    samples = wds.tarfile_to_samples(handler=warn, select_files=lambda name: name.endswith(f".{CAPTION_EXTENSION}"))
-    captions = []
-    for sample in samples(iter([{"url": url}])):
-        raw = sample.get(CAPTION_EXTENSION, b"")
-        captions.append((sample["__key__"], raw.decode("utf-8", errors="replace")))
-    return captions
 
-
-def write_sidecar(path: Path, labels: dict[str, list[str]]) -> None:
-    """Write a sidecar atomically (temporary file, then rename)."""
+def write_json(path: Path, value) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _init_worker(spacy_model: str, stop_words: Path) -> None:
+def _init_worker(config: LabelConfig) -> None:
     global _extractor
-    _extractor = LabelExtractor(spacy_model, stop_words)
+    _extractor = LabelExtractor(config)
 
 
-def label_shard(url: str, out: Path, batch_size: int) -> dict[str, int]:
-    """Label one shard and write its sidecar (in the calling process). Returns caption/label counts."""
-    captions = read_captions(url)
-    labels = {key: found for found, key in _extractor.pipe(((c, k) for k, c in captions), batch_size)}
-    write_sidecar(sidecar_path(out, url), labels)
-    return {"captions": len(labels), "labels": sum(map(len, labels.values())),
-            "without_label": sum(not found for found in labels.values())}
+def label_shard(url: str, out: Path, batch_size: int) -> dict:
+    """Label one shard and write its sidecar (in the calling process), unless the shard is damaged.
+
+    Returns:
+        the shard's counts (`COUNTS`), its `url`, and `damage` (None, or why no sidecar was written).
+    """
+    shard = read_captions(url)
+    result = dict.fromkeys(COUNTS, 0) | {"url": url, "damage": shard.damage,
+                                         "samples_read": len(shard.captions) + shard.samples_without_caption}
+    if shard.damage is not None:
+        return result
+    truncated_before = _extractor.captions_truncated
+    labels = {key: found for found, key in _extractor.pipe(((c, k) for k, c in shard.captions), batch_size)}
+    write_json(sidecar_path(out, url), labels)
+    return result | {"captions": len(labels), "labels": sum(map(len, labels.values())),
+                     "without_label": sum(not found for found in labels.values()),
+                     "samples_without_caption": shard.samples_without_caption,
+                     "captions_truncated": _extractor.captions_truncated - truncated_before}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,41 +137,57 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", required=True,
                         help="shard pattern: brace range, glob or pipe: URL ('cc12m/{00000..01242}.tar')")
     parser.add_argument("--out", required=True, type=Path, help="folder for the per-shard JSON sidecars")
-    parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL, help="installed spaCy English pipeline")
-    parser.add_argument("--stop-words", type=Path, default=DEFAULT_STOP_WORDS,
-                        help="stop-word file (one word per line, '#' comments)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="label config YAML whose keys replace those of training/data/labels.yaml")
+    parser.add_argument("--max-chars", type=int, default=None,
+                        help="cut captions to this many characters before parsing (config: max_chars, 1000)")
+    parser.add_argument("--spacy-model", default=None, help="installed spaCy English pipeline (config: spacy_model)")
+    parser.add_argument("--stop-words", type=Path, default=None,
+                        help="stop-word file, one word per line, '#' comments (config: stop_words)")
     parser.add_argument("--batch-size", type=int, default=256, help="captions per spaCy batch (nlp.pipe)")
     parser.add_argument("--processes", type=int, default=1, help="shards labelled in parallel processes")
     parser.add_argument("--overwrite", action="store_true", help="redo shards that already have a sidecar")
     return parser
 
 
+def _add_result(summary: dict, result: dict) -> None:
+    if result["damage"] is not None:
+        summary["shards_damaged"] += 1
+        summary["damaged_shards"][result["url"]] = result["damage"]
+        logger.warning("damaged shard %s: %s (after %d samples); no sidecar written, so the next run retries it: "
+                       "re-download it", result["url"], result["damage"], result["samples_read"])
+        return
+    summary["shards_done"] += 1
+    for name in COUNTS:
+        summary[name] += result[name]
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Label every shard that has no sidecar yet; returns counts and the measured captions per second."""
+    """Label every shard that has no sidecar yet; returns the counts of the run (also in `_summary.json`)."""
     args = get_args_parser().parse_args(argv)
     if args.batch_size < 1 or args.processes < 1:
         raise ValueError("--batch-size and --processes must be at least 1")
+    cfg = load_label_config(args.config, {"max_chars": args.max_chars, "spacy_model": args.spacy_model,
+                                          "stop_words": args.stop_words and str(args.stop_words)})
     urls = expand_shards(args.shards)
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [url for url in urls if args.overwrite or not sidecar_path(args.out, url).is_file()]
     logger.info("%d shards, %d already labelled, %d to do", len(urls), len(urls) - len(todo), len(todo))
-    summary = {"shards": len(urls), "shards_done": 0, "captions": 0, "without_label": 0, "labels": 0,
-               "captions_per_s": 0.0}
+    summary = {"shards": len(urls), "shards_already_done": len(urls) - len(todo), "shards_done": 0,
+               "shards_damaged": 0, **dict.fromkeys(COUNTS, 0), "captions_per_s": 0.0, "damaged_shards": {},
+               "config": dataclasses.asdict(cfg)}
     if not todo:
         return summary
     start = time.perf_counter()
-    init = (args.spacy_model, args.stop_words)
     jobs = [(url, args.out, args.batch_size) for url in todo]
-    pool = multiprocessing.Pool(min(args.processes, len(todo)), _init_worker, init) if args.processes > 1 else None
+    pool = multiprocessing.Pool(min(args.processes, len(todo)), _init_worker, (cfg,)) if args.processes > 1 else None
     try:
         if pool is None:
-            _init_worker(*init)
+            _init_worker(cfg)
         results = pool.imap_unordered(_label_shard_job, jobs) if pool else map(_label_shard_job, jobs)
-        with tqdm(total=len(todo), unit="shard", desc="labels", dynamic_ncols=True) as bar:
-            for counts in results:
-                for name, value in counts.items():
-                    summary[name] += value
-                summary["shards_done"] += 1
+        with logging_redirect_tqdm(), tqdm(total=len(todo), unit="shard", desc="labels", dynamic_ncols=True) as bar:
+            for result in results:
+                _add_result(summary, result)
                 bar.update(1)
                 bar.set_postfix(captions_per_s=f"{summary['captions'] / (time.perf_counter() - start):.0f}")
     finally:
@@ -119,13 +196,18 @@ def main(argv: list[str] | None = None) -> dict:
             pool.join()
     elapsed = time.perf_counter() - start
     summary["captions_per_s"] = summary["captions"] / max(elapsed, 1e-9)
-    logger.info("%d captions in %.1f s: %.0f captions/s; %.2f labels per caption, %d captions without label",
+    write_json(args.out / SUMMARY_NAME, summary)
+    logger.info("%d captions in %.1f s: %.0f captions/s; %.2f labels per caption, %d captions without label, "
+                "%d cut to %d characters, %d samples without caption; %d shards labelled, %d damaged%s",
                 summary["captions"], elapsed, summary["captions_per_s"],
-                summary["labels"] / max(1, summary["captions"]), summary["without_label"])
+                summary["labels"] / max(1, summary["captions"]), summary["without_label"],
+                summary["captions_truncated"], cfg.max_chars, summary["samples_without_caption"],
+                summary["shards_done"], summary["shards_damaged"],
+                " (listed above; rerun after re-downloading them)" if summary["shards_damaged"] else "")
     return summary
 
 
-def _label_shard_job(job: tuple[str, Path, int]) -> dict[str, int]:
+def _label_shard_job(job: tuple[str, Path, int]) -> dict:
     return label_shard(*job)
 
 
