@@ -57,9 +57,7 @@ def create_model(name_or_path: str | Path | SynSegConfig, weights: str | Path | 
     return model.to(device)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SynSeg:
-    """``SynSeg.from_checkpoint``: the model a project checkpoint describes, with its weights."""
-    return SynSeg.from_checkpoint(path, device=device)
+load_checkpoint = SynSeg.from_checkpoint  # the loader under the API's verb: a model by name or path
 
 
 def load_hf_clipseg(directory: str | Path, device: str | torch.device = "cpu") -> SynSeg:

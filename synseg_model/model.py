@@ -168,11 +168,8 @@ class SynSeg(nn.Module):
         path, extra_card = resolve_checkpoint(name_or_path)
         config, card, tensors = read_checkpoint(path)
         model = cls(config)
-        frozen = model.state_dict().keys() - model.trainable_state_dict().keys()
-        if frozen & tensors.keys():
-            check_state_dict(model.state_dict(), tensors, path)
-            model.load_state_dict(tensors, strict=False)
-        else:
-            model.load_trainable_state_dict(tensors, path)
+        trainable = model.trainable_state_dict()
+        check_state_dict(trainable if tensors.keys() <= trainable.keys() else model.state_dict(), tensors, path)
+        model.load_state_dict(tensors, strict=False)
         model.model_card = {**card, **extra_card}
         return model.to(device).eval()
