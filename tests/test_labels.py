@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import tarfile
 from pathlib import Path
 
@@ -294,6 +293,9 @@ def test_damaged_shards_are_named_counted_and_retried(tmp_path, caplog):
     assert counts == {"shards": 4, "shards_done": 1, "shards_damaged": 3, "captions": 1,
                       "samples_without_caption": 1, "captions_truncated": 0}
     assert sorted(Path(url).name for url in summary["damaged_shards"]) == sorted(damaged)
+    assert "not a tar" in summary["damaged_shards"][str(shards / "text.tar")]
+    assert "bad tar header" in summary["damaged_shards"][str(shards / "badheader.tar")]
+    assert "cut short" in summary["damaged_shards"][str(shards / "cut.tar")]
     for name in damaged:  # one warning line of its own per damaged shard, and no sidecar: not done
         lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
         assert len(lines) == 1 and "\n" not in lines[0] and "damaged" in lines[0]
@@ -317,7 +319,6 @@ def test_damage_is_found_wherever_the_tar_breaks(tmp_path):
     for cut in range(512, end + 1, 512):  # every block boundary up to the end-of-archive blocks
         (tmp_path / "cut.tar").write_bytes(data[:cut])
         shard = read_captions(str(tmp_path / "cut.tar"))
-        assert shard.damage is not None, cut
-        assert re.search(r"Error", shard.damage)
+        assert shard.damage is not None and "cut short" in shard.damage, cut
         found += 1
     assert found > 30

@@ -136,7 +136,7 @@ class NounConcreteness:
         verb whose noun reading is abstract or unknown ("a single sheep grazes", "a red dress walks"), or an
         -ing form of a verb that is an abstract noun ("a square lying"). "towers", "building" stay nouns."""
         if text.endswith("ing"):
-            return self._abstract.get(text, True) and self._is_verb_form(text)
+            return self._abstract.get(text, True) and self._is_ing_form(text)
         for suffix, replacement in _S_FORMS:
             if text.endswith(suffix) and len(text) > len(suffix) + 1:
                 base = text[: -len(suffix)] + replacement
@@ -144,8 +144,9 @@ class NounConcreteness:
                     return True
         return False
 
-    def _is_verb_form(self, text: str) -> bool:
-        """Whether a lower-case word is an -ing form of a WordNet verb ("lying", "running")."""
+    def _is_ing_form(self, text: str) -> bool:
+        """Whether a lower-case word ending in -ing is a form of a WordNet verb ("lying", "making", "running")."""
         stem = text[:-3]
-        return (stem in self._verbs or stem + "e" in self._verbs or (stem.endswith("y") and stem[:-1] + "ie" in self._verbs)
-                or (len(stem) > 2 and stem[-1] == stem[-2] and stem[:-1] in self._verbs))
+        bases = (stem, stem + "e", stem[:-1] + "ie" if stem.endswith("y") else None,
+                 stem[:-1] if len(stem) > 2 and stem[-1] == stem[-2] else None)
+        return any(base in self._verbs for base in bases if base)

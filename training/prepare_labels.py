@@ -62,8 +62,11 @@ class _DamageTrackingInfo(tarfile.TarInfo):
             return super().fromtarfile(archive)
         except tarfile.EOFHeaderError:
             raise
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+            archive.damage = "cut short: the archive ends before its end-of-archive blocks"
+            raise
         except tarfile.HeaderError as exc:
-            archive.damage = f"{type(exc).__name__}: {exc or 'the stream ends without the end-of-archive blocks'}"
+            archive.damage = f"bad tar header at byte {archive.offset} ({exc})"
             raise
 
 
@@ -77,24 +80,32 @@ def read_captions(url: str) -> ShardCaptions:
     shard = ShardCaptions()
     keys_with_caption: dict[str, bool] = {}
     try:
-        with wds.gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*",
-                                                    tarinfo=_DamageTrackingInfo) as archive:
-            archive.damage = None
-            for member in archive:
-                if not member.isfile():
-                    continue
-                folder, _, name = member.name.rpartition("/")
-                stem, _, extension = name.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                is_caption = extension == CAPTION_EXTENSION
-                keys_with_caption[key] = keys_with_caption.get(key, False) or is_caption
-                if is_caption:
-                    raw = archive.extractfile(member).read()
-                    shard.captions.append((key, raw.decode("utf-8", errors="replace")))
-            shard.damage = archive.damage
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        shard.damage = f"{type(exc).__name__}: {exc}"
-    shard.samples_without_caption = sum(not has for has in keys_with_caption.values())
+        with wds.gopen(url) as stream:
+            try:
+                archive = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_DamageTrackingInfo)
+            except tarfile.TarError as exc:
+                shard.damage = f"not a tar archive ({exc})"
+                return shard
+            with archive:
+                archive.damage = None
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    folder, _, name = member.name.rpartition("/")
+                    stem, _, extension = name.partition(".")
+                    key = f"{folder}/{stem}" if folder else stem
+                    is_caption = extension == CAPTION_EXTENSION
+                    keys_with_caption[key] = keys_with_caption.get(key, False) or is_caption
+                    if is_caption:
+                        raw = archive.extractfile(member).read()
+                        shard.captions.append((key, raw.decode("utf-8", errors="replace")))
+                shard.damage = archive.damage
+    except (tarfile.TarError, EOFError) as exc:
+        shard.damage = f"cut short or unreadable ({exc})"
+    except OSError as exc:
+        shard.damage = f"cannot be read ({exc})"
+    finally:
+        shard.samples_without_caption = sum(not has for has in keys_with_caption.values())
     return shard
 
 
@@ -154,8 +165,8 @@ def _add_result(summary: dict, result: dict) -> None:
     if result["damage"] is not None:
         summary["shards_damaged"] += 1
         summary["damaged_shards"][result["url"]] = result["damage"]
-        logger.warning("damaged shard %s: %s (after %d samples); no sidecar written, so the next run retries it: "
-                       "re-download it", result["url"], result["damage"], result["samples_read"])
+        logger.warning("damaged shard %s after %d samples: %s; no sidecar written, the next run retries it "
+                       "(re-download it first)", result["url"], result["samples_read"], result["damage"])
         return
     summary["shards_done"] += 1
     for name in COUNTS:
