@@ -17,10 +17,10 @@ from training.prepare_labels import SUMMARY_NAME
 from training.prepare_labels import main as prepare_labels
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# Measured on tests/fixtures/labels_alt_text.yaml (86 captions, 191 gold labels) with the packaged config:
-# precision 0.929, recall 0.958 (before issue 16: 0.758, 0.937). The test allows 0.03 less.
-GOLD_MIN_PRECISION = 0.929 - 0.03
-GOLD_MIN_RECALL = 0.958 - 0.03
+# (precision, recall) measured with the packaged config on the labelled alt-text captions; the test allows
+# 0.03 less. Before issue 16: 0.758, 0.937 and 0.821, 0.950.
+GOLD_SETS = {"labels_alt_text.yaml": (0.929, 0.963),  # 86 captions, 191 gold labels
+             "labels_alt_text_heldout.yaml": (0.913, 0.941)}  # 45 captions, 101 gold labels
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,8 @@ def test_label_config_errors_name_the_key(tmp_path):
     ("a star in front of sand by green grass - stock image", ["star", "sand", "green grass"]),
     ("Water meeting the grass texture background", ["water", "grass"]),
     ("hand-drawn illustration of a cup of tea", ["cup", "tea"]),
+    ("a mechanic repairs a car engine", ["mechanic", "car engine"]),  # "mechanic" read as an adjective
+    ("students wearing safety goggles", ["student", "safety goggle"]),  # "goggles" is no verb here
 ])
 def test_chunks_are_split_and_trimmed(extractor, caption, expected):
     assert extractor(caption) == expected
@@ -185,13 +187,15 @@ def test_label_scores_matching_rules():
     assert label_scores([[]], [[]]) == (0.0, 0.0)
 
 
-def test_precision_and_recall_on_labelled_alt_text(extractor):
-    items = yaml.safe_load((FIXTURES / "labels_alt_text.yaml").read_text(encoding="utf-8"))
-    assert len(items) >= 50
+@pytest.mark.parametrize("name", GOLD_SETS)
+def test_precision_and_recall_on_labelled_alt_text(extractor, name):
+    items = yaml.safe_load((FIXTURES / name).read_text(encoding="utf-8"))
+    assert len(items) >= 45
     predicted = [labels for labels, _ in extractor.pipe((item["caption"], None) for item in items)]
     precision, recall = label_scores(predicted, [item["labels"] for item in items])
-    print(f"labelled alt-text: precision {precision:.3f}, recall {recall:.3f}")
-    assert precision >= GOLD_MIN_PRECISION and recall >= GOLD_MIN_RECALL
+    print(f"{name}: precision {precision:.3f}, recall {recall:.3f}")
+    measured_precision, measured_recall = GOLD_SETS[name]
+    assert precision >= measured_precision - 0.03 and recall >= measured_recall - 0.03
 
 
 # --- the shapes world's captions keep their class nouns ----------------------------------------------------

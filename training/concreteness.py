@@ -134,14 +134,15 @@ class NounConcreteness:
     def is_misread_verb(self, text: str) -> bool:
         """Whether a lower-case word the tagger read as a noun reads better as a verb: an -s form of a WordNet
         verb whose noun reading is abstract or unknown ("a single sheep grazes", "a red dress walks"), or an
-        -ing form of a verb that is an abstract noun ("a square lying"). "towers", "building" stay nouns."""
+        -ing form of a verb that is an abstract noun ("a square lying"). "towers", "goggles", "building" stay
+        nouns."""
         if text.endswith("ing"):
             return self._abstract.get(text, True) and self._is_ing_form(text)
         for suffix, replacement in _S_FORMS:
             if text.endswith(suffix) and len(text) > len(suffix) + 1:
                 base = text[: -len(suffix)] + replacement
-                if base in self._verbs and self._abstract.get(base, True):
-                    return True
+                if base in self._verbs:  # the noun reading: the singular, else the word itself ("goggles")
+                    return next((self._abstract[w] for w in (base, text) if w in self._abstract), True)
         return False
 
     def _is_ing_form(self, text: str) -> bool:

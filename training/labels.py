@@ -344,10 +344,15 @@ class LabelExtractor:
         return _has_letter(token) and not self._blocks_label(token) and not self._is_abstract(token)
 
     def _is_adjective_noun(self, token) -> bool:
-        """A noun the tagger read as an adjective: it follows a determiner (adjectives between allowed), takes
-        a noun's place in the sentence, and WordNet knows it as a concrete noun ("with a square", "a ring and
-        a little square"; not "a young and beautiful woman", where "young" modifies "woman")."""
-        if token.dep_ not in _NOMINAL_DEPS or self.concreteness is None or self._is_stop(token):
+        """A noun the tagger read as an adjective, out of every chunk: it takes a noun's place in the sentence
+        ("with a square", "a ring and a little square"; not "a young and beautiful woman", where "young"
+        modifies "woman"), and `_reads_as_noun`."""
+        return token.dep_ in _NOMINAL_DEPS and self._reads_as_noun(token)
+
+    def _reads_as_noun(self, token) -> bool:
+        """An adjective that follows a determiner (adjectives between allowed) and that WordNet knows as a
+        concrete noun."""
+        if self.concreteness is None or self._is_stop(token):
             return False
         before = token.i - 1
         while before >= 0 and token.doc[before].pos_ == "ADJ":
@@ -364,13 +369,18 @@ class LabelExtractor:
         """The head of a chunk segment: its last noun once trailing stop-listed nouns and verbs read as
         nouns are trimmed ("mountain view" -> mountain, "a single sheep grazes" -> sheep), or None when that
         noun is abstract ("breast cancer awareness": the chunk names an abstraction) or there is none."""
+        after_verb = False  # the token after this one was a verb read as a noun
         for token in reversed(segment):
+            if after_verb and token.pos_ == "ADJ" and self._reads_as_noun(token):
+                return token  # "a square lying", "a mechanic repairs": both words misread
+            after_verb = False
             if (token.pos_ not in _NOUN_POS or not _has_letter(token) or token.i in possessive
                     or (token.i + 1 < len(token.doc) and _is_inword_hyphen(token.doc[token.i + 1]))):
                 continue  # not a noun, or part of a hyphenated modifier ("hand-drawn")
             if self._blocks_label(token):
                 continue
             if self.concreteness is not None and self.concreteness.is_misread_verb(token.lower_):
+                after_verb = True
                 continue
             return None if self._is_abstract(token) else token
         return None
