@@ -13,7 +13,7 @@ from .clip import (activation_widths, build_clip, get_tokenizer, token_stride, v
                    visual_depth)
 from .config import SynSegConfig
 from .decoder import Decoder, Projector, synergy_features
-from .pretrained import resolve_checkpoint
+from .pretrained import card_summary, resolve_checkpoint
 from .state_dicts import check_state_dict
 from .weights import read_checkpoint
 
@@ -163,7 +163,8 @@ class SynSeg(nn.Module):
 
         Loading is strict, with errors naming the file and key: every trainable tensor must be in the file,
         and CLIP's either all (then they replace CLIP's) or none (then CLIP comes from the config, e.g. a
-        pretrained tag). ``model.model_card`` is the file's card with what the name adds (source, licence...).
+        pretrained tag). ``model.model_card`` is the file's card with what the name adds (source, licence...)
+        and always a one-line ``summary``.
         """
         path, extra_card = resolve_checkpoint(name_or_path)
         config, card, tensors = read_checkpoint(path)
@@ -172,4 +173,5 @@ class SynSeg(nn.Module):
         check_state_dict(trainable if tensors.keys() <= trainable.keys() else model.state_dict(), tensors, path)
         model.load_state_dict(tensors, strict=False)
         model.model_card = {**card, **extra_card}
+        model.model_card["summary"] = card_summary(model.model_card)
         return model.to(device).eval()

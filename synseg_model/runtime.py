@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,11 @@ class Segmenter:
         """A Segmenter over a model by name or path (see ``SynSeg.from_checkpoint``; None: the offline default)."""
         model = SynSeg.from_checkpoint(name_or_path)
         return cls(model, device=device, backend=backend, **kwargs)
+
+    @property
+    def model_card(self) -> dict[str, Any]:
+        """The model's card (``SynSeg.model_card``): its one-line ``summary``, source, licence, ``classes``..."""
+        return self.model.model_card
 
     @property
     def vocabulary(self) -> list[str]:

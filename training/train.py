@@ -479,8 +479,8 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
             stopped_by = trainer.run(loader, stop, writer)
         export = None
         if stopped_by is None and info.is_main:
-            card = {"task": cfg.task, "steps": trainer.step, "data": cfg.data.shards,
-                    "training_config": cfg.to_dict()}
+            card = {"summary": f"SynSeg trained with {cfg.task} for {trainer.step} steps on {cfg.data.shards}",
+                    "task": cfg.task, "steps": trainer.step, "data": cfg.data.shards, "training_config": cfg.to_dict()}
             export = save_checkpoint(model, out_dir / EXPORT_NAME, card=card)
             logger.info("exported the trained model to %s", export)
         if writer is not None:

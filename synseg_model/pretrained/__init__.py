@@ -130,7 +130,7 @@ def card_summary(card: dict[str, Any]) -> str:
     if card.get("summary"):
         text = str(card["summary"])
     else:
-        text = str(card.get("description") or "no model card").split(". ")[0]
+        text = str(card.get("description") or "no summary in the model card").split(". ")[0]
     name = card.get("name")
     return text if not name or text.startswith(str(name)) else f"{name}: {text}"
 
