@@ -4,7 +4,8 @@
 Publishes N camera frames at a fixed rate to a synseg node in another process and records, per frame, the
 time from the image stamp to the masks message arriving here; the node's /diagnostics add its own figures
 (stamp -> masks published, and the median of each stage: receive = transport + deserialisation, decode,
-model, publish = masks/label image/overlay built and published).
+model, publish = masks/label image/overlay built and published; overhead = stamp -> published less the
+model, per frame: the node's own cost).
 
     source install/local_setup.bash     # after `make setup`: the message and its libraries
     scripts/sandbox .venv/bin/python scripts/measure_ros_latency.py --model default   # the offline model
@@ -13,61 +14,29 @@ model, publish = masks/label image/overlay built and published).
 Both processes use config/fastdds_loopback.xml (16 MB shared-memory segment) unless
 FASTDDS_DEFAULT_PROFILES_FILE names another profile.
 
---model none runs the node with a stand-in that returns precomputed activation maps instantly, so every
-millisecond left is the node's: conversion, thresholding, message building and DDS.
+--model none runs the node on the fake segmenter (synseg_ros.segmenter: each label's map is a colour
+channel), whose time is the model stage; the overhead figure leaves it out.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # the checkout's synseg_ros, not the install space's copy
+sys.path.insert(0, str(ROOT))   # the checkout's synseg_ros
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_loopback.xml"))
 
+from synseg_ros.processes import start_module, stop, wait_until  # noqa: E402 - after the path above
+
 STARTUP_TIMEOUT_S = 120.0
-
-
-class InstantSegmenter:
-    """Returns fixed activation maps at once: what remains of the latency is the node's own work."""
-
-    backend_name = "none"
-    device = "cpu"
-
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.threshold = settings["threshold"]
-        self._labels: list[str] = []
-        self._cache: dict[tuple[int, int, int], np.ndarray] = {}
-
-    def set_vocabulary(self, labels: list[str], templates: list[str] | None = None) -> None:
-        self._labels = list(labels)
-
-    def segment(self, rgb: np.ndarray) -> SimpleNamespace:
-        labels = self._labels
-        key = (len(labels), *rgb.shape[:2])
-        if key not in self._cache:
-            ramp = np.linspace(0.0, 1.0, rgb.shape[1], dtype=np.float32)[None, None, :]
-            self._cache[key] = np.broadcast_to(ramp, key).copy()
-        probs = self._cache[key]
-        return SimpleNamespace(labels=labels, probabilities=probs, scores=probs.reshape(len(labels), -1).max(1))
-
-
-def serve(ros_args: Sequence[str]) -> int:
-    """Run the node with the instant stand-in (the child process of --model none)."""
-    from synseg_ros.node import main as node_main
-
-    return node_main(list(ros_args), segmenter_factory=InstantSegmenter)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,16 +50,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from synseg_ros import conversions
 
     vocabulary = "[" + ", ".join(args.vocabulary.split(",")) + "]"
-    ros_args = ["--ros-args", "-r", "image:=/bench/image_raw", "-p", f"vocabulary:={vocabulary}",
-                "-p", f"publish_overlay:={str(args.overlay).lower()}", "-p", "diagnostics_period:=0.5"]
-    if args.model == "none":
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve", *ros_args]
-    else:
-        command = [sys.executable, "-m", "synseg_ros.node", *ros_args]
-        if args.checkpoint:
-            command += ["-p", f"checkpoint:={args.checkpoint}"]
-    node_log = open(args.log, "wb")
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=node_log, stderr=subprocess.STDOUT, start_new_session=True)
+    ros_args = ["--ros-args", "-r", "image:=/bench/image_raw", "-p", "autostart:=true",
+                "-p", f"vocabulary:={vocabulary}", "-p", f"publish_overlay:={str(args.overlay).lower()}",
+                "-p", "diagnostics_period:=0.5"]
+    if args.checkpoint:
+        ros_args += ["-p", f"checkpoint:={args.checkpoint}"]
+    module = "synseg_ros.segmenter" if args.model == "none" else "synseg_ros.node"
+    proc = start_module(module, ros_args, args.log, cwd=ROOT)
     arrivals: dict[tuple[int, int], float] = {}
     diagnostics: list[dict[str, str]] = []
     rclpy.init()
@@ -107,11 +73,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     executor.add_node(probe)
     threading.Thread(target=executor.spin, daemon=True).start()
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while pub.get_subscription_count() == 0 or probe.count_publishers("/synseg/masks") == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not start; see {args.log}")
-            time.sleep(0.05)
+        wait_until(lambda: pub.get_subscription_count() and probe.count_publishers("/synseg/masks"),
+                   STARTUP_TIMEOUT_S, f"the node (log: {args.log})", procs=[proc])
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
         sent: dict[tuple[int, int], float] = {}
@@ -132,9 +95,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         executor.shutdown()
         probe.destroy_node()
         rclpy.try_shutdown()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(10)
+        stop(proc)
     latency = np.array([arrivals[k] - t for k, t in sent.items() if k in arrivals]) * 1e3
     node = diagnostics[-1] if diagnostics else {}
     return {"model": args.model, "size": f"{args.width}x{args.height}", "rate_hz": args.rate,
@@ -147,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("default", "none"), default="default",
-                        help="default: the real Segmenter (offline model or --checkpoint); none: instant stand-in")
+                        help="default: the real Segmenter (offline model or --checkpoint); none: the fake segmenter")
     parser.add_argument("--checkpoint", default="", help="checkpoint for --model default (empty: offline model)")
     parser.add_argument("--vocabulary", default="circle,square,triangle,star,cross,ring,grass,water,sand,brick,wood",
                         help="comma-separated labels")
@@ -163,9 +124,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--serve":
-        return serve(argv[1:])
     args = get_args_parser().parse_args(argv)
     result = measure(args)
     print(json.dumps(result, indent=2))

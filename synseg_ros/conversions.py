@@ -7,14 +7,15 @@ with a reason; none can crash the caller with anything else.
 """
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import cv2
 import numpy as np
 
-__all__ = ["ImageFormatError", "SUPPORTED_ENCODINGS", "image_to_rgb", "rgb_to_image_fields", "mono8_fields",
-           "check_image_layout"]
+__all__ = ["ImageFormatError", "MaskBuffers", "SUPPORTED_ENCODINGS", "image_to_rgb", "rgb_to_image_fields",
+           "mono8_fields", "check_image_layout"]
 
 
 class ImageFormatError(ValueError):
@@ -137,3 +138,37 @@ def mono8_fields(array: np.ndarray) -> dict[str, Any]:
     height, width = array.shape
     return {"height": height, "width": width, "encoding": "mono8", "is_bigendian": 0, "step": width,
             "data": np.ascontiguousarray(array).tobytes()}
+
+
+class MaskBuffers:
+    """mono8 masks (0 or 255) thresholded from activation maps into buffers that are reused frame after frame.
+
+    Each buffer is an ``array.array('B')``, the type a sensor_msgs/Image keeps its ``data`` in, so a message
+    can hold it as it is, and the threshold writes into it through a numpy view: one pass over each map and
+    no copy, where building masks as numpy arrays and then bytes takes four. A buffer is written again only
+    by the next ``fill``, after the message holding it was published (rclpy copies it out at publish).
+    """
+
+    def __init__(self) -> None:
+        self.arrays: list[array.array] = []
+        self.views: list[np.ndarray] = []
+        self.shape: tuple[int, int] = (0, 0)
+
+    def fill(self, probabilities: np.ndarray, threshold: float) -> list[np.ndarray]:
+        """Threshold K maps: 255 where a map is above ``threshold``, else 0.
+
+        Args:
+            probabilities: (K, H, W) float32 (or float64) activation maps.
+            threshold: the level a pixel must exceed to be in a mask.
+
+        Returns:
+            K (H, W) uint8 views of ``arrays``.
+        """
+        count, height, width = probabilities.shape
+        if len(self.arrays) != count or self.shape != (height, width):
+            self.arrays = [array.array("B", bytes(height * width)) for _ in range(count)]
+            self.views = [np.frombuffer(buffer, np.uint8).reshape(height, width) for buffer in self.arrays]
+            self.shape = (height, width)
+        for activation, view in zip(probabilities, self.views):
+            cv2.compare(np.ascontiguousarray(activation), float(threshold), cv2.CMP_GT, dst=view)
+        return self.views

@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,11 +35,11 @@ from tqdm import tqdm
 
 from synseg_ros import conversions
 from synseg_ros.interfaces import SegmentationMasks
+from synseg_ros.processes import check_alive, start_module, stop, wait_until
 
 log = logging.getLogger(__name__)
 CAMERA_NAMESPACE = "/camera"
 NODE_NAME = "/synseg"
-STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 20
 
 
@@ -144,45 +141,11 @@ def yaml_list(labels: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(label) for label in labels) + "]"
 
 
-def start(module: str, ros_args: Sequence[str], log_file: Path) -> subprocess.Popen:
-    handle = open(log_file, "wb")
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGINT the process group (ROS nodes shut down cleanly on it), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def check_alive(procs: Sequence[subprocess.Popen]) -> None:
-    """RuntimeError if one of the demo's processes has exited."""
-    dead = [p for p in procs if p.poll() is not None]
-    if dead:
-        raise RuntimeError(f"{dead[0].args[2]} exited with code {dead[0].returncode}; see its log in the output "
-                           f"folder")
-
-
-def wait_for(condition, timeout: float, what: str, procs: Sequence[subprocess.Popen] = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        check_alive(procs)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def set_vocabulary(recorder: Recorder, labels: list[str], timeout: float) -> tuple[bool, str]:
     """Change the node's vocabulary through its SetParameters service; (accepted, reason)."""
     request = SetParameters.Request(parameters=[Parameter("vocabulary", value=labels).to_parameter_msg()])
     future = recorder.set_client.call_async(request)
-    wait_for(future.done, timeout, "the SetParameters reply")
+    wait_until(future.done, timeout, "the SetParameters reply")
     result = future.result().results[0]
     return result.successful, result.reason
 
@@ -253,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = run(args)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, TimeoutError) as exc:   # processes.ProcessExited is a RuntimeError
         log.error("demo failed: %s", exc)
         node_log = args.out / "node.log"
         if node_log.exists():
@@ -278,16 +241,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for old in (args.out / "overlays").glob("*.png"):
         old.unlink()
 
-    node_proc = start("synseg_ros.node", ["-r", f"image:={CAMERA_NAMESPACE}/image_raw",
-                                          "-p", f"vocabulary:={yaml_list(before)}",
-                                          "-p", f"checkpoint:={json.dumps(args.checkpoint)}"],
-                      args.out / "node.log")
-    camera_proc = start("synseg_ros.image_folder_publisher",
-                        ["-r", f"__ns:={CAMERA_NAMESPACE}", "-p", f"folder:={folder.resolve()}",
-                         "-p", f"rate_hz:={args.rate}", "-p", f"width:={args.size}", "-p", f"height:={args.size}"],
-                        args.out / "camera.log")
+    node_proc = start_module("synseg_ros.node", ["--ros-args", "-r", f"image:={CAMERA_NAMESPACE}/image_raw",
+                                                 "-p", "autostart:=true", "-p", f"vocabulary:={yaml_list(before)}",
+                                                 "-p", f"checkpoint:={json.dumps(args.checkpoint)}"],
+                             args.out / "node.log")
+    camera_proc = start_module("synseg_ros.image_folder_publisher",
+                               ["--ros-args", "-r", f"__ns:={CAMERA_NAMESPACE}", "-p", f"folder:={folder.resolve()}",
+                                "-p", f"rate_hz:={args.rate}", "-p", f"width:={args.size}",
+                                "-p", f"height:={args.size}"],
+                               args.out / "camera.log")
     procs = (node_proc, camera_proc)
-    with rclpy.init():
+    rclpy.init()    # not `with rclpy.init()`: Jazzy's init returns None
+    try:
         # One overlay in every (duration * rate / 2 / overlays) per phase spreads the saved PNGs over the run.
         every = max(1, int(args.duration * args.rate / 2 / max(1, args.overlays_per_phase)))
         recorder = Recorder(args.out, args.overlays_per_phase, every)
@@ -297,8 +262,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spinner.start()
         try:
             log.info("waiting for the node to load its model (logs: %s)", args.out / "node.log")
-            wait_for(lambda: recorder.set_client.service_is_ready(), args.startup_timeout, "the synseg node", procs)
-            wait_for(lambda: recorder.arrivals, args.startup_timeout, "the first masks", procs)
+            wait_until(lambda: recorder.set_client.service_is_ready(), args.startup_timeout, "the synseg node", procs)
+            wait_until(lambda: recorder.arrivals, args.startup_timeout, "the first masks", procs)
             start_time = time.monotonic()
             recorder.reset()                    # count only what happens while recording
             switch: dict[str, Any] = {"to": after}
@@ -321,8 +286,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             executor.shutdown()
             recorder.destroy_node()
-            for proc in procs:
-                stop(proc)
+    finally:
+        rclpy.try_shutdown()
+        for proc in procs:
+            stop(proc)
     return summary
 
 

@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Publish until shutdown, or until max_frames or the end of a non-looping folder; returns the exit code."""
     args = ["image_folder_publisher", *(sys.argv[1:] if argv is None else argv)]
     get_args_parser().parse_args(remove_ros_args(args)[1:])
-    with rclpy.init(args=args):
+    rclpy.init(args=args)    # not `with rclpy.init(...)`: Jazzy's init returns None
+    try:
         try:
             node = ImageFolderPublisher()
         except ValueError as exc:
@@ -133,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         finally:
             node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
     return 0
 
 

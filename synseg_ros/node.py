@@ -1,15 +1,22 @@
 """The synseg node: camera images in, one mask per label of a vocabulary that can change at run time out.
 
-    ros2 run synseg_ros synseg_node --ros-args -r image:=/camera/image_raw -p vocabulary:="[person, chair]"
+    ros2 launch synseg_ros segment.launch.py image_topic:=/camera/image_raw      # configured and activated
+    ros2 run synseg_ros synseg_node --ros-args -r image:=/camera/image_raw -p autostart:=true
     python -m synseg_ros.node --ros-args ...
 
-Subscribes ``image`` (sensor_msgs/Image); publishes ``~/masks`` (synseg_ros/SegmentationMasks),
-``~/label_image`` and ``~/overlay`` (sensor_msgs/Image) and ``/diagnostics``. A worker thread segments the
-newest frame only, so a model slower than the camera drops stale frames (counted) instead of queueing them.
+A managed (lifecycle) node: ``configure`` checks the parameters, loads the model and warms it up; ``activate``
+subscribes to ``image`` (sensor_msgs/Image) and starts publishing ``~/masks`` (synseg_ros/SegmentationMasks),
+``~/label_image`` and ``~/overlay`` (sensor_msgs/Image); ``deactivate`` unsubscribes; ``cleanup`` releases the
+model; ``shutdown`` works from any state and ends the process. ``/diagnostics`` reports the state throughout.
+A worker thread segments the newest frame only, so a model slower than the camera drops stale frames
+(counted) instead of queueing them.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import signal
 import sys
 import threading
 import time
@@ -23,7 +30,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
@@ -34,6 +41,7 @@ from rclpy.qos import (
     qos_check_compatible,
     qos_policy_name_from_kind,
 )
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
@@ -42,6 +50,7 @@ from std_msgs.msg import Header
 from synseg_ros import conversions, params, rendering
 from synseg_ros.frame_slot import LatestFrameSlot
 from synseg_ros.interfaces import SegmentationMasks
+from synseg_ros.segmenter import Segmentation, Segmenter, SegmenterFactory
 from synseg_ros.stats import FrameStats
 
 try:  # ROS 2's cv_bridge where installed; it is not on PyPI, so numpy conversion is the fallback.
@@ -55,15 +64,15 @@ OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history
 WARN_THROTTLE_S = 5.0
 STATS_WINDOW_S = 5.0
 WORKER_POLL_S = 0.2
+WARMUP_FRAME = (480, 640, 3)        # one camera-sized frame through the model at configure
+# The graph learns a publisher's node name some time after its endpoint: how long an incompatible-QoS
+# warning waits for the name, and how often it looks.
+QOS_NAME_WAIT_S = 5.0
+QOS_NAME_POLL_S = 0.1
+UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"
 
-SegmenterFactory = Callable[[Mapping[str, Any]], Any]
 
-
-class ModelLoadError(RuntimeError):
-    """The segmentation model could not be created; the node cannot run."""
-
-
-def load_segmenter(settings: Mapping[str, Any]) -> Any:
+def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
     """The default factory: a ``synseg_model.Segmenter`` configured by the node's parameters."""
     # Imported here so that torch loads only when a real model is used (not for --help or test fakes).
     from synseg_model import Segmenter
@@ -77,62 +86,55 @@ def load_segmenter(settings: Mapping[str, Any]) -> Any:
     return Segmenter.from_checkpoint(settings["checkpoint"] or None, **kwargs)
 
 
-class SynSegNode(Node):
-    """Open-vocabulary segmentation of a camera stream.
+class SynSegNode(LifecycleNode):
+    """Open-vocabulary segmentation of a camera stream, as a managed node.
 
     Args:
-        segmenter_factory: builds the segmenter from the parameter values (tests pass a fake). The result
-            needs ``set_vocabulary(labels, templates)``, ``segment(rgb) -> .labels, .probabilities (K, H, W),
-            .scores (K,)``, ``threshold``, ``backend_name`` and ``device``.
+        segmenter_factory: builds the segmenter from the parameter values at ``configure`` (tests pass a fake).
+        on_exit: called with the process exit code when the node is done: after ``shutdown`` (0) or a failed
+            autostart (1).
         **kwargs: passed to ``rclpy.node.Node``.
 
     Raises:
-        ModelLoadError: the model could not be loaded (logged as fatal first).
         ValueError: a start-up parameter value is invalid (logged as fatal first).
     """
 
-    def __init__(self, segmenter_factory: SegmenterFactory = load_segmenter, **kwargs: Any) -> None:
+    def __init__(self, segmenter_factory: SegmenterFactory = load_segmenter,
+                 on_exit: Callable[[int], None] = lambda code: None, **kwargs: Any) -> None:
         # Set first: rclpy destroys a node whose construction failed, and destroy_node needs them.
         self._stop = threading.Event()
-        self._slot: LatestFrameSlot[Image] = LatestFrameSlot()
         self._worker: threading.Thread | None = None
         super().__init__("synseg", **kwargs)
+        self._factory = segmenter_factory
+        self._on_exit = on_exit
+        self._segmenter: Segmenter | None = None
+        self._image_sub = None
+        self._outputs: tuple[Any, Any, Any] | None = None     # masks, label image and overlay publishers
+        self._slot: LatestFrameSlot[Image] = LatestFrameSlot()
+        self._masks = conversions.MaskBuffers()
+        self._mask_images: list[Image] = []
+        self._last_error = ""
+        self._diag_timer = None
+        self._stats = FrameStats(window=STATS_WINDOW_S)
+        self._bridge = CvBridge() if CvBridge is not None else None
+
         params.declare_parameters(self)
         self._settings = {spec.name: self._value(spec.name) for spec in params.PARAMETERS}
-        self._check_startup_settings()
-        self._segmenter = self._load_model(segmenter_factory)
         self.add_pre_set_parameters_callback(self._coerce_parameters)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        self._apply_startup_vocabulary()
+        self._check_startup_parameters()
 
-        self._stats = FrameStats(window=STATS_WINDOW_S)
-        self._bridge = CvBridge() if CvBridge is not None else None
-        self._image_qos = QoSProfile(
-            depth=self._settings["image_queue_depth"], history=HistoryPolicy.KEEP_LAST,
-            durability=DurabilityPolicy.VOLATILE,
-            reliability=(ReliabilityPolicy.RELIABLE if self._settings["image_reliability"] == "reliable"
-                         else ReliabilityPolicy.BEST_EFFORT))
-        self._masks_pub = self.create_publisher(SegmentationMasks, "~/masks", OUTPUT_QOS)
-        self._label_pub = self.create_publisher(Image, "~/label_image", OUTPUT_QOS)
-        self._overlay_pub = self.create_publisher(Image, "~/overlay", OUTPUT_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
-        # Its own group, so that encoding a new vocabulary (a parameter callback) never delays image intake.
-        self._image_sub = self.create_subscription(
-            Image, "image", self._on_image, self._image_qos,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
-        self.create_timer(self._settings["diagnostics_period"], self._publish_diagnostics)
-
-        self._worker = threading.Thread(target=self._run_worker, name="synseg-worker", daemon=True)
-        self._worker.start()
-        qos = self._image_qos
-        self.get_logger().info(
-            f"Subscribed to {self._image_sub.topic_name} with QoS reliability={qos.reliability.name.lower()}, "
-            f"durability={qos.durability.name.lower()}, history={qos.history.name.lower()}, depth={qos.depth}; "
-            f"publishing {self._masks_pub.topic_name}, {self._label_pub.topic_name}, "
-            f"{self._overlay_pub.topic_name} (reliable, depth {OUTPUT_QOS.depth}) and /diagnostics; "
-            f"image conversion: {'cv_bridge' if self._bridge else 'numpy'}")
+        # Their own groups: diagnostics go on while a transition loads the model (default group), and
+        # one-shot timers run beside both.
+        self._diag_timer = self.create_timer(self._settings["diagnostics_period"], self._publish_diagnostics,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        self._later_group = MutuallyExclusiveCallbackGroup()
+        if self._settings["autostart"]:
+            self._call_later(0.0, self._autostart, group=self.default_callback_group)
+        else:
+            self.get_logger().info("Unconfigured: `ros2 lifecycle set <node> configure`, then `activate`")
 
     # ----------------------------------------------------------------------------------------- start-up
 
@@ -143,39 +145,153 @@ class SynSegNode(Node):
         except ParameterUninitializedException:
             return None
 
-    def _check_startup_settings(self) -> None:
-        # The string lists go through the set-parameters path in _apply_startup_vocabulary instead.
-        try:
-            for name, value in self._settings.items():
-                if name not in params.STRING_ARRAYS:
-                    params.validate(name, value, self._settings)
-        except ValueError as exc:
-            self.get_logger().fatal(f"Invalid start-up parameters: {exc}")
-            raise
+    def _check_startup_parameters(self) -> None:
+        """Run the start-up values through the coercion and checks of later changes, before any model loads."""
+        settable = [spec.name for spec in params.PARAMETERS
+                    if spec.changes != params.START_UP and self._settings[spec.name] is not None]
+        result = self.set_parameters_atomically([self.get_parameter(name) for name in settable])
+        reason = result.reason
+        if result.successful:
+            try:
+                for spec in params.PARAMETERS:
+                    if spec.changes == params.START_UP:
+                        params.validate(spec.name, self._settings[spec.name], self._settings)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason:
+            self.get_logger().fatal(f"Invalid start-up parameters: {reason}")
+            raise ValueError(reason)
 
-    def _load_model(self, factory: SegmenterFactory) -> Any:
+    def _autostart(self) -> None:
+        """configure + activate at start-up; a failure is fatal (the process exits with 1)."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().fatal(f"autostart: configure failed: {self._last_error}")
+            self._on_exit(1)
+        elif self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().fatal(f"autostart: activate failed: {self._last_error}")
+            self._on_exit(1)
+
+    def _call_later(self, delay: float, callback: Callable[[], None], group: Any = None) -> None:
+        """Run ``callback`` once, ``delay`` seconds from now, in the executor."""
+        timer = None
+
+        def fire() -> None:
+            timer.cancel()
+            self.destroy_timer(timer)
+            callback()
+
+        timer = self.create_timer(delay, fire, callback_group=group or self._later_group)
+
+    # -------------------------------------------------------------------------------------- lifecycle
+
+    def state(self) -> str:
+        """The lifecycle state: unconfigured, inactive, active, finalized, or a transition (configuring, ...)."""
+        return self._state_machine.current_state[1]
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Check every parameter together, load the model, encode the vocabulary, warm up, create publishers."""
         settings = self._settings
         source = settings["checkpoint"] or "the offline default model"
-        start = time.monotonic()
+        started = time.monotonic()
         try:
-            segmenter = factory(settings)
-        except Exception as exc:  # any failure to build the model is fatal; say exactly which
-            self.get_logger().fatal(
-                f"Failed to load the segmentation model from {source} (device={settings['device']}, "
-                f"backend={settings['backend']}, precision={settings['precision']}): "
-                f"{type(exc).__name__}: {exc}")
-            raise ModelLoadError(str(exc)) from exc
-        self.get_logger().info(f"Loaded {source} in {time.monotonic() - start:.1f} s: "
-                               f"backend={segmenter.backend_name}, device={segmenter.device}")
-        return segmenter
+            for name, value in settings.items():
+                if value is not None:
+                    params.validate(name, value, settings)
+            segmenter = self._factory(settings)
+            loaded = time.monotonic()
+            segmenter.set_vocabulary(list(settings["vocabulary"]), settings["prompt_templates"])
+            segmenter.segment(np.zeros(WARMUP_FRAME, np.uint8))
+        except Exception as exc:  # any failure to build the model fails the transition; say exactly which
+            return self._fail(f"Failed to load the segmentation model from {source} (device={settings['device']}, "
+                              f"backend={settings['backend']}, precision={settings['precision']}): "
+                              f"{type(exc).__name__}: {exc}")
+        self._segmenter = segmenter
+        self._outputs = (self.create_publisher(SegmentationMasks, "~/masks", OUTPUT_QOS),
+                         self.create_publisher(Image, "~/label_image", OUTPUT_QOS),
+                         self.create_publisher(Image, "~/overlay", OUTPUT_QOS))
+        self._last_error = ""
+        self.get_logger().info(
+            f"Configured in {time.monotonic() - started:.1f} s: {source} loaded in {loaded - started:.1f} s, "
+            f"backend={segmenter.backend_name}, device={segmenter.device}, vocabulary of "
+            f"{len(settings['vocabulary'])} labels encoded and the model warmed up")
+        return TransitionCallbackReturn.SUCCESS
 
-    def _apply_startup_vocabulary(self) -> None:
-        """Run the start-up string lists through the same coercion, checks and encoding as later changes."""
-        names = [name for name in params.STRING_ARRAYS if self._settings[name] is not None]
-        result = self.set_parameters_atomically([self.get_parameter(name) for name in names])
-        if not result.successful:
-            self.get_logger().fatal(f"Invalid start-up parameters: {result.reason}")
-            raise ValueError(result.reason)
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the images and start the worker."""
+        settings = self._settings
+        qos = QoSProfile(depth=settings["image_queue_depth"], history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE,
+                         reliability=(ReliabilityPolicy.RELIABLE if settings["image_reliability"] == "reliable"
+                                      else ReliabilityPolicy.BEST_EFFORT))
+        self._stop.clear()
+        self._slot = LatestFrameSlot()
+        # Its own group, so that encoding a new vocabulary (a parameter callback) never delays image intake.
+        self._image_sub = self.create_subscription(
+            Image, "image", self._on_image, qos, callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self._worker = threading.Thread(target=self._run_worker, name="synseg-worker", daemon=True)
+        self._worker.start()
+        masks, labels, overlay = self._outputs
+        self.get_logger().info(
+            f"Active: subscribed to {self._image_sub.topic_name} with QoS reliability="
+            f"{qos.reliability.name.lower()}, durability={qos.durability.name.lower()}, "
+            f"history={qos.history.name.lower()}, depth={qos.depth}; publishing {masks.topic_name}, "
+            f"{labels.topic_name}, {overlay.topic_name} (reliable, depth {OUTPUT_QOS.depth}); image conversion: "
+            f"{'cv_bridge' if self._bridge else 'numpy'}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe and stop the worker; no masks are published after this returns."""
+        self._stop_processing()
+        self.get_logger().info("Inactive: unsubscribed, model kept")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the model and the publishers."""
+        self._release()
+        self.get_logger().info("Unconfigured: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any state: stop, release, and let the process end."""
+        self._stop_processing()
+        self._release()
+        self.get_logger().info(f"Finalized (shut down from {state.label})")
+        self._on_exit(0)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: drop everything and go back to unconfigured."""
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _fail(self, message: str) -> TransitionCallbackReturn:
+        self._last_error = message
+        self.get_logger().error(message)
+        return TransitionCallbackReturn.FAILURE
+
+    def _stop_processing(self) -> None:
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+
+    def _release(self) -> None:
+        for publisher in self._outputs or ():
+            self.destroy_publisher(publisher)
+        self._outputs = None
+        self._segmenter = None
+        self._masks = conversions.MaskBuffers()
+        self._mask_images = []
+        gc.collect()
+        torch = sys.modules.get("torch")    # loaded only by a real model; give its GPU memory back too
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # --------------------------------------------------------------------------------------- parameters
 
@@ -187,8 +303,13 @@ class SynSegNode(Node):
         new = {**self._settings, **{p.name: p.value for p in parameters}}
         try:
             for p in parameters:
+                spec = params.SPECS.get(p.name)
+                if spec is not None and spec.changes == params.UNCONFIGURED and self.state() != "unconfigured":
+                    raise ValueError(f"{p.name} can change only while the node is unconfigured (it is "
+                                     f"{self.state()}): deactivate and clean it up first; the new value "
+                                     f"applies at the next configure")
                 params.validate(p.name, p.value, new)
-            if any(p.name in params.STRING_ARRAYS for p in parameters):
+            if self._segmenter is not None and any(p.name in params.STRING_ARRAYS for p in parameters):
                 self._encode_vocabulary(new["vocabulary"], new["prompt_templates"])
         except Exception as exc:  # validation errors and anything the text encoder raises: keep the old value
             return SetParametersResult(successful=False, reason=str(exc))
@@ -204,8 +325,11 @@ class SynSegNode(Node):
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         # A new dict, swapped in one assignment: the worker reads a consistent snapshot.
         self._settings = {**self._settings, **{p.name: p.value for p in parameters}}
-        if any(p.name == "threshold" for p in parameters):
+        names = {p.name for p in parameters}
+        if "threshold" in names and self._segmenter is not None:
             self._segmenter.threshold = self._settings["threshold"]
+        if "diagnostics_period" in names and self._diag_timer is not None:
+            self._diag_timer.timer_period_ns = int(self._settings["diagnostics_period"] * 1e9)
 
     # ------------------------------------------------------------------------------------------- images
 
@@ -218,17 +342,27 @@ class SynSegNode(Node):
             self._stats.count("dropped")
 
     def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
-        topic = self._image_sub.topic_name
-        reasons = []
-        for info in self.get_publishers_info_by_topic(topic):
-            compatibility, reason = qos_check_compatible(info.qos_profile, self._image_qos)
+        self._warn_incompatible_qos(qos_policy_name_from_kind(event.last_policy_kind),
+                                    time.monotonic() + QOS_NAME_WAIT_S)
+
+    def _warn_incompatible_qos(self, policy: str, deadline: float) -> None:
+        """Warn naming the incompatible publishers, once the graph knows their names (or the wait is over)."""
+        subscription = self._image_sub
+        if subscription is None:
+            return
+        offenders = []
+        for info in self.get_publishers_info_by_topic(subscription.topic_name):
+            compatibility, reason = qos_check_compatible(info.qos_profile, subscription.qos_profile)
             if compatibility == QoSCompatibility.ERROR:
-                reasons.append(f"{info.node_namespace.rstrip('/')}/{info.node_name}: {reason}")
+                offenders.append((info.node_name, f"{info.node_namespace.rstrip('/')}/{info.node_name}: {reason}"))
+        if (not offenders or any(name == UNKNOWN_NODE for name, _ in offenders)) and time.monotonic() < deadline:
+            self._call_later(QOS_NAME_POLL_S, lambda: self._warn_incompatible_qos(policy, deadline))
+            return
         self.get_logger().warning(
-            f"A publisher on {topic} offers QoS incompatible with this subscription "
-            f"(policy {qos_policy_name_from_kind(event.last_policy_kind)}); no images will arrive from it. "
-            f"{' '.join(reasons)} Fix: set image_reliability to match the publisher (best_effort receives "
-            f"from both), or change the publisher's QoS.")
+            f"A publisher on {subscription.topic_name} offers QoS incompatible with this subscription "
+            f"(policy {policy}); no images will arrive from it. {' '.join(text for _, text in offenders)} "
+            f"Fix: set image_reliability to match the publisher (best_effort receives from both), or change "
+            f"the publisher's QoS.")
 
     def _run_worker(self) -> None:
         next_start = 0.0
@@ -272,9 +406,7 @@ class SynSegNode(Node):
         t1 = time.monotonic()
         result = self._segmenter.segment(rgb)
         t2 = time.monotonic()
-        threshold = float(settings["threshold"])
-        masks = result.probabilities > threshold
-        self._publish(msg, rgb, result, masks, threshold, settings)
+        self._publish(msg.header, rgb, result, float(settings["threshold"]), settings)
         t3 = time.monotonic()
 
         self._stats.count("processed")
@@ -283,49 +415,76 @@ class SynSegNode(Node):
         self._stats.add_stage("publish", t3 - t2)
         stamp = Time.from_msg(msg.header.stamp)
         if stamp.nanoseconds > 0:  # unstamped images have no meaningful latency
-            self._stats.add_latency((self.get_clock().now() - stamp).nanoseconds * 1e-9)
+            latency = (self.get_clock().now() - stamp).nanoseconds * 1e-9
+            self._stats.add_latency(latency)
+            self._stats.add_stage("overhead", latency - (t2 - t1))
 
-    def _publish(self, msg: Image, rgb: np.ndarray, result: Any, masks: np.ndarray, threshold: float,
+    def _publish(self, header: Header, rgb: np.ndarray, result: Segmentation, threshold: float,
                  settings: Mapping[str, Any]) -> None:
-        header = msg.header
-        if self._masks_pub.get_subscription_count() > 0:
+        masks_pub, label_pub, overlay_pub = self._outputs
+        want_masks = masks_pub.get_subscription_count() > 0
+        want_labels = settings["publish_label_image"] and label_pub.get_subscription_count() > 0
+        want_overlay = settings["publish_overlay"] and overlay_pub.get_subscription_count() > 0
+        if not (want_masks or want_labels or want_overlay):
+            return
+        masks = self._masks.fill(result.probabilities, threshold)
+        if want_masks:
             out = SegmentationMasks(header=header, labels=list(result.labels), threshold=threshold,
-                                    scores=[float(s) for s in result.scores])
-            out.masks = [Image(header=header, **conversions.mono8_fields(m)) for m in masks]
+                                    scores=[float(s) for s in result.scores], masks=self._mask_messages(header))
             if settings["publish_probabilities"]:
                 levels = np.clip(result.probabilities * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 out.probabilities = [Image(header=header, **conversions.mono8_fields(p)) for p in levels]
-            self._masks_pub.publish(out)
-        want_labels = settings["publish_label_image"] and self._label_pub.get_subscription_count() > 0
-        want_overlay = settings["publish_overlay"] and self._overlay_pub.get_subscription_count() > 0
+            masks_pub.publish(out)
         if not (want_labels or want_overlay):
             return
         label_map = rendering.label_image(result.probabilities, masks)
         if want_labels:
-            self._label_pub.publish(Image(header=header, **conversions.mono8_fields(label_map)))
+            label_pub.publish(Image(header=header, **conversions.mono8_fields(label_map)))
         if want_overlay:
             picture = rendering.overlay(rgb, list(result.labels), label_map, settings["overlay_alpha"])
-            self._overlay_pub.publish(Image(header=header, **conversions.rgb_to_image_fields(picture)))
+            overlay_pub.publish(Image(header=header, **conversions.rgb_to_image_fields(picture)))
+
+    def _mask_messages(self, header: Header) -> list[Image]:
+        """One mono8 Image per mask, holding the mask buffers themselves (no copy), with this frame's header."""
+        buffers = self._masks.arrays
+        if len(self._mask_images) != len(buffers) or any(
+                image.data is not buffer for image, buffer in zip(self._mask_images, buffers)):
+            height, width = self._masks.shape
+            # check_fields: the data setter then keeps an array.array as it is instead of copying it.
+            self._mask_images = [Image(check_fields=True, height=height, width=width, encoding="mono8",
+                                       is_bigendian=0, step=width) for _ in buffers]
+            for image, buffer in zip(self._mask_images, buffers):
+                image.data = buffer
+        for image in self._mask_images:
+            image.header = header
+        return self._mask_images
 
     # -------------------------------------------------------------------------------------- diagnostics
 
     def _publish_diagnostics(self) -> None:
         figures = self._stats.snapshot()
-        topic = self._image_sub.topic_name
-        if figures["input_rate_hz"] == 0.0:
+        state = self.state()
+        segmenter, subscription = self._segmenter, self._image_sub
+        if state != "active" or subscription is None:
+            level = DiagnosticStatus.ERROR if self._last_error else DiagnosticStatus.OK
+            summary = f"{state}: not segmenting" + (f"; {self._last_error}" if self._last_error else "")
+        elif figures["input_rate_hz"] == 0.0:
             level = DiagnosticStatus.WARN
-            summary = (f"no images on {topic} in the last {STATS_WINDOW_S:.0f} s "
-                       f"({self.count_publishers(topic)} publishers)")
+            summary = (f"no images on {subscription.topic_name} in the last {STATS_WINDOW_S:.0f} s "
+                       f"({self.count_publishers(subscription.topic_name)} publishers)")
         else:
             level = DiagnosticStatus.OK
             summary = (f"{figures['input_rate_hz']:.1f} Hz in, {figures['processed_rate_hz']:.1f} Hz segmented, "
                        f"latency p50 {figures['latency_p50_ms']:.0f} ms")
-        values = {**{k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in figures.items()},
-                  "backend": str(self._segmenter.backend_name), "device": str(self._segmenter.device),
+        device = str(segmenter.device) if segmenter is not None else ""
+        values = {"state": state,
+                  **{k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in figures.items()},
+                  "backend": str(segmenter.backend_name) if segmenter is not None else "", "device": device,
                   "vocabulary": ", ".join(self._settings["vocabulary"]),
-                  "threshold": f"{self._settings['threshold']:.3f}", "image_topic": topic}
+                  "threshold": f"{self._settings['threshold']:.3f}",
+                  "image_topic": subscription.topic_name if subscription is not None else ""}
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: segmentation",
-                                  message=summary, hardware_id=str(self._segmenter.device),
+                                  message=summary, hardware_id=device,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self._diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                status=[status]))
@@ -333,25 +492,46 @@ class SynSegNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker thread, then the node."""
         self._stop.set()
-        self._slot.close()
         if self._worker is not None:
+            self._slot.close()
             self._worker.join()
         super().destroy_node()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line help; the node itself is configured with ROS parameters (--ros-args -p name:=value)."""
-    lines = [f"  {spec.name} (default {spec.default!r}{'' if spec.dynamic else ', read-only'}): "
-             f"{spec.description}" for spec in params.PARAMETERS]
+    lines = [f"  {spec.name} (default {spec.default!r}; changes {spec.changes}): {spec.description}"
+             for spec in params.PARAMETERS]
     return argparse.ArgumentParser(
         prog="synseg_node", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Open-vocabulary segmentation node (SynSeg). Configure it with ROS parameters, e.g.\n"
-                    "  synseg_node --ros-args -r image:=/camera/image_raw -p vocabulary:=\"[person, chair]\"",
+        description="Open-vocabulary segmentation node (SynSeg), a managed (lifecycle) node. Configure it with "
+                    "ROS parameters, e.g.\n  synseg_node --ros-args -r image:=/camera/image_raw "
+                    "-p vocabulary:=\"[person, chair]\" -p autostart:=true\nWithout autostart it waits "
+                    "unconfigured: ros2 lifecycle set /synseg configure; ros2 lifecycle set /synseg activate",
         epilog="parameters:\n" + "\n".join(lines))
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep the memory of freed frames instead of returning it to the kernel.
+
+    Every frame allocates and frees buffers of megabytes (the image, the masks, their messages). By default
+    glibc serves them with mmap and unmaps them on free, so the next frame page-faults its memory back in,
+    which costs milliseconds per frame; ROS 2's real-time guidance sets the same two options. No-op where
+    the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3      # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 32 << 20)         # the largest value glibc accepts: 32 MB
+    libc.mallopt(m_trim_threshold, 512 << 20)
+
+
 def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory = load_segmenter) -> int:
-    """Run the node until shutdown; returns the process exit code (1 when the model or parameters fail).
+    """Run the node until SIGINT, SIGTERM or its shutdown transition; returns the process exit code.
+
+    The exit code is 1 when the start-up parameters are invalid or an autostart fails, else 0.
 
     Args:
         argv: command-line arguments without the program name (default ``sys.argv[1:]``), ROS arguments
@@ -360,20 +540,48 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
     """
     args = ["synseg_node", *(sys.argv[1:] if argv is None else argv)]
     get_args_parser().parse_args(remove_ros_args(args)[1:])
-    with rclpy.init(args=args):
+    keep_freed_memory()
+    # rclpy's own handlers would shut the context down the moment a signal arrives, under a worker that is
+    # still publishing; here a signal only asks the main thread to stop the node in order, and a second one
+    # (launch and `timeout` send SIGINT to the whole process group) changes nothing.
+    done = threading.Event()
+    exit_code = [0]
+
+    def finish(code: int) -> None:
+        exit_code[0] = max(exit_code[0], code)
+        done.set()
+
+    # Kept to the end of the process: a late signal must not interrupt the interpreter's own exit either.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
         try:
-            node = SynSegNode(segmenter_factory)
-        except (ModelLoadError, ValueError):
+            node = SynSegNode(segmenter_factory, on_exit=finish)
+        except ValueError:
             return 1  # already logged as fatal
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
+        spinner = threading.Thread(target=_spin, args=(executor, done), name="synseg-executor", daemon=True)
+        spinner.start()
+        while not done.wait(timeout=1.0):
             pass
-        finally:
-            node.destroy_node()
-    return 0
+        executor.shutdown()
+        if node.state() in ("unconfigured", "inactive", "active"):
+            node.trigger_shutdown()         # stops the worker and releases the model, in this order
+        node.destroy_node()
+        return exit_code[0]
+    finally:
+        rclpy.try_shutdown()
+
+
+def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    finally:
+        done.set()
 
 
 if __name__ == "__main__":

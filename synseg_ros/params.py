@@ -1,13 +1,16 @@
 """The synseg node's parameters: one table with descriptors and ranges, and the checks behind it.
 
-``PARAMETERS`` is the single place a parameter is defined (name, default, description, range, whether it can
-change at run time). ``validate`` holds the checks the node's one set-parameters callback applies, and
-``coerce`` repairs what ``ros2 param set`` infers from a typed string before rclpy's type check sees it:
-``"person"`` -> a string, ``"[1, 2]"`` -> integers, ``"[]"`` -> booleans, ``threshold 1`` -> an integer.
+``PARAMETERS`` is the single place a parameter is defined (name, default, description, range, when it can
+change). ``coerce`` repairs what YAML makes of a typed value, in a parameter file, ``-p name:=value`` or
+``ros2 param set`` alike: ``"person"`` -> a string, ``"[1, 2]"`` -> integers, ``"[]"`` -> booleans,
+``threshold 1`` -> an integer. ``validate`` holds the checks of the node's one set-parameters callback, types
+included (every parameter is declared with dynamic typing so that a wrong type is rejected by that callback
+with a reason, not by rclpy with its type numbers), and runs on start-up values as on later changes.
 """
 from __future__ import annotations
 
 import array
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -23,6 +26,13 @@ RELIABILITIES = ("best_effort", "reliable")
 # A label image stores label i as the value i in one byte, 0 meaning none.
 MAX_LABELS = 255
 
+# When a parameter may change (ParamSpec.changes):
+ANY_STATE = "any state"                 # at run time, in every lifecycle state
+UNCONFIGURED = "while unconfigured"     # needs a model reload: applies at the next configure
+START_UP = "at start-up"                # read-only
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a floating-point number",
+               str: "a string", list: "a list of strings"}
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -31,23 +41,28 @@ class ParamSpec:
     name: str
     default: Any
     description: str
-    dynamic: bool = True
+    changes: str = ANY_STATE
     int_range: tuple[int, int] | None = None
     float_range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
-    # Type given explicitly where the default cannot carry it (an unset string array).
-    type_: Parameter.Type | None = None
+
+    @property
+    def python_type(self) -> type:
+        """bool, int, float, str or list (of strings)."""
+        return list if self.default is None else type(self.default)
 
     def descriptor(self) -> ParameterDescriptor:
         """The rcl_interfaces ParameterDescriptor declared for this parameter."""
-        constraints = f"one of: {', '.join(self.choices)}" if self.choices else ""
+        constraints = [f"one of: {', '.join(self.choices)}"] if self.choices else []
         if self.name == "vocabulary":
-            constraints = "non-empty, no blank or duplicate labels, at most max_categories labels"
-        desc = ParameterDescriptor(name=self.name, description=self.description, read_only=not self.dynamic,
-                                   additional_constraints=constraints,
-                                   # The vocabulary accepts what `ros2 param set` infers, so that the callback
-                                   # can reject booleans or numbers with a useful reason, not a type error.
-                                   dynamic_typing=self.name == "vocabulary")
+            constraints.append("non-empty, no blank or duplicate labels, at most max_categories labels")
+        if self.changes == UNCONFIGURED:
+            constraints.append("changes only while the node is unconfigured; applies at the next configure")
+        desc = ParameterDescriptor(name=self.name, description=self.description,
+                                   read_only=self.changes == START_UP,
+                                   additional_constraints="; ".join(constraints),
+                                   # Types are checked by the node's callback (validate), with a reason.
+                                   dynamic_typing=True)
         if self.int_range is not None:
             desc.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
         if self.float_range is not None:
@@ -61,20 +76,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Labels to segment, e.g. \"[person, chair]\". Changing it re-encodes the text off the image path "
               "and applies it between two frames; every masks message names the labels it used."),
     ParamSpec("prompt_templates", None,
-              "Prompt templates with {} for the label, averaged per label (unset: the model's own templates).",
-              type_=Parameter.Type.STRING_ARRAY),
+              "Prompt templates with {} for the label, averaged per label (unset: the model's own templates)."),
     ParamSpec("threshold", 0.5, "Activation above which a pixel is in a label's mask.", float_range=(0.0, 1.0)),
     ParamSpec("checkpoint", "", "SynSeg checkpoint (.safetensors); empty: the offline default model.",
-              dynamic=False),
+              changes=UNCONFIGURED),
     ParamSpec("device", "auto", "Where the model runs: auto (CUDA when available), cuda, cpu or cuda:N.",
-              dynamic=False),
+              changes=UNCONFIGURED),
     ParamSpec("backend", "auto", "Inference backend (auto, torch, tensorrt, onnxruntime, ...; "
-              "what the installed synseg_model offers).", dynamic=False),
-    ParamSpec("precision", "auto", "Numeric precision; auto lets the backend choose.", dynamic=False,
+              "what the installed synseg_model offers).", changes=UNCONFIGURED),
+    ParamSpec("precision", "auto", "Numeric precision; auto lets the backend choose.", changes=UNCONFIGURED,
               choices=PRECISIONS),
-    ParamSpec("input_size", 0, "Side in pixels the model sees; 0: the model's native size.", dynamic=False,
-              int_range=(0, 4096)),
-    ParamSpec("max_categories", 32, "Largest vocabulary accepted.", dynamic=False, int_range=(1, MAX_LABELS)),
+    ParamSpec("input_size", 0, "Side in pixels the model sees; 0: the model's native size.",
+              changes=UNCONFIGURED, int_range=(0, 4096)),
+    ParamSpec("max_categories", 32, "Largest vocabulary accepted.", changes=UNCONFIGURED,
+              int_range=(1, MAX_LABELS)),
     ParamSpec("publish_overlay", True, "Publish ~/overlay: rgb8 image with coloured masks and their labels."),
     ParamSpec("publish_label_image", True,
               "Publish ~/label_image: mono8, 0 = none, i = the i-th label (highest activation wins)."),
@@ -86,12 +101,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("max_image_pixels", 3840 * 2160, "Larger input images are rejected with a warning.",
               int_range=(1, 1 << 28)),
     ParamSpec("image_reliability", "best_effort",
-              "Reliability of the image subscription (REP-2003 sensor data is best_effort).", dynamic=False,
-              choices=RELIABILITIES),
-    ParamSpec("image_queue_depth", 1, "History depth of the image subscription.", dynamic=False,
+              "Reliability of the image subscription (REP-2003 sensor data is best_effort).",
+              changes=UNCONFIGURED, choices=RELIABILITIES),
+    ParamSpec("image_queue_depth", 1, "History depth of the image subscription.", changes=UNCONFIGURED,
               int_range=(1, 100)),
-    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", dynamic=False,
-              float_range=(0.1, 60.0)),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
+    ParamSpec("autostart", False, "Configure and activate at start-up (the launch file sets it); a start-up "
+              "configure that fails then ends the process with exit code 1. False: wait unconfigured for "
+              "`ros2 lifecycle set`.", changes=START_UP),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 STRING_ARRAYS = ("vocabulary", "prompt_templates")
@@ -102,8 +119,7 @@ _ARRAY_TYPES = (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY, Parameter.
 def declare_parameters(node: Any) -> None:
     """Declare every parameter of the table on ``node`` (an rclpy Node), with its descriptor."""
     for spec in PARAMETERS:
-        value = spec.type_ if spec.default is None else spec.default
-        node.declare_parameter(spec.name, value, spec.descriptor())
+        node.declare_parameter(spec.name, spec.default, spec.descriptor())
 
 
 def parse_label_list(text: str) -> list[str]:
@@ -115,13 +131,13 @@ def parse_label_list(text: str) -> list[str]:
 
 
 def coerce(param: Parameter) -> Parameter:
-    """Repair the types ``ros2 param set`` infers, before rclpy checks them against the declared type.
+    """Repair the types YAML infers (``ros2 param set``, ``-p``, parameter files) before anything checks them.
 
     - a string for a string array: parsed as a list (``"person"``, ``"[person, 3]"``);
     - an empty list of any type for a string array: an empty string array (rejected later, with a reason);
     - string-array entries: surrounding whitespace removed;
     - an integer for a floating-point parameter: converted.
-    Everything else is returned unchanged.
+    Everything else is returned unchanged (``validate`` rejects what is still of the wrong type).
     """
     spec = SPECS.get(param.name)
     if spec is None:
@@ -143,9 +159,9 @@ def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
     """Validate a vocabulary-like string list and return it.
 
     Raises:
-        ValueError: not a list of strings (with a hint for what ``ros2 param set`` turned into booleans or
-            numbers), empty, blank or duplicate entries (case-insensitive, as CLIP's tokenizer is), or more
-            than ``max_count`` entries.
+        ValueError: not a list of strings (with a hint for what YAML turned into booleans or numbers),
+            empty, blank or duplicate entries (case-insensitive, as CLIP's tokenizer is), or more than
+            ``max_count`` entries.
     """
     # rclpy hands numeric and boolean arrays over as array.array or lists.
     items = list(value) if isinstance(value, (list, tuple, array.array)) else None
@@ -153,10 +169,9 @@ def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
         items = items if items is not None else [value]
         hint = ""
         if items and all(isinstance(v, bool) for v in items):
-            hint = (" (ros2 param set reads yes/no/on/off/true/false as booleans: quote them, e.g. "
-                    f"{name} \"['yes', 'no']\")")
+            hint = " (YAML reads yes/no/on/off/true/false as booleans: quote them, e.g. \"['yes', 'no']\")"
         elif items and all(isinstance(v, (int, float)) for v in items):
-            hint = f" (numbers were given: quote them, e.g. {name} \"['1', '2']\")"
+            hint = " (YAML reads these as numbers: quote them, e.g. \"['1', '2']\")"
         raise ValueError(f"{name} must be a list of strings, got {items!r}{hint}")
     labels = items
     if not labels:
@@ -175,8 +190,25 @@ def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
     return labels
 
 
+def check_type(spec: ParamSpec, value: Any) -> None:
+    """ValueError unless ``value`` (after ``coerce``) has the parameter's type; booleans are not integers."""
+    expected = spec.python_type
+    if value is None:
+        raise ValueError(f"{spec.name} cannot be unset")
+    if expected is list:
+        return                          # string lists: check_labels explains what is wrong with them
+    if type(value) is not expected:     # noqa: E721 - bool is a subclass of int, and must not pass for one
+        raise ValueError(f"{spec.name} expects {_TYPE_NAMES[expected]}, got {type(value).__name__} {value!r}")
+
+
+def check_checkpoint(value: str) -> None:
+    """A checkpoint given as a file path must exist (checked before torch loads, so the error comes at once)."""
+    if value and (value.endswith(".safetensors") or os.sep in value) and not os.path.isfile(value):
+        raise ValueError(f"checkpoint {value}: no such file")
+
+
 def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:
-    """Check one new parameter value against the table and the other settings.
+    """Check one new parameter value (coerced) against the table and the other settings.
 
     Ranges and read-only flags are enforced by rclpy from the descriptors; this adds what they cannot say.
 
@@ -186,6 +218,7 @@ def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:
     spec = SPECS.get(name)
     if spec is None:
         return
+    check_type(spec, value)
     if name == "vocabulary":
         check_labels(name, value, int(settings["max_categories"]))
     elif name == "prompt_templates":
@@ -196,3 +229,8 @@ def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
     elif name == "device" and not (value in DEVICES or str(value).startswith("cuda:")):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+    elif name == "checkpoint":
+        check_checkpoint(value)
+    elif name == "max_categories" and len(settings["vocabulary"]) > value:
+        raise ValueError(f"max_categories={value} is less than the {len(settings['vocabulary'])} labels of the "
+                         f"vocabulary")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -15,19 +16,20 @@ _MIN_TEXT_SCALE = 0.3
 _REGION_SEARCH_SIDE = 128
 
 
-def label_image(probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def label_image(probabilities: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
     """One label per pixel: 0 where no mask holds it, else 1 + the index of the most activated label.
 
     Args:
         probabilities: (K, H, W) float activation maps in [0, 1].
-        masks: (K, H, W) bool, the maps above a threshold >= 0 (K <= 255).
+        masks: K (H, W) masks of the maps above a threshold >= 0 (K <= 255), bool or uint8 (0 or 255).
 
     Returns:
         (H, W) uint8.
     """
     height, width = probabilities.shape[1:]
     out = np.zeros((height, width), np.uint8)
-    # Inside its mask an activation is above the threshold, so > 0; outside it counts as 0.
+    # Inside its mask an activation is above the threshold, so > 0; outside it counts as 0. (A uint8 mask
+    # scales every map by the same 255, which leaves the comparison as it is.)
     best = np.zeros((height, width), np.float32)
     for k in range(probabilities.shape[0]):
         masked = np.multiply(probabilities[k], masks[k], dtype=np.float32)

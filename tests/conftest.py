@@ -16,24 +16,22 @@ def tiny_model() -> SynSeg:
 
 # --- ROS 2 (synseg_ros) -------------------------------------------------------------------------------------
 # Tests marked `ros` start rclpy. They run only under the network rule (scripts/sandbox, which `make test`
-# uses) and against the colcon install space that `make setup` builds. `make test` puts its libraries on
-# LD_LIBRARY_PATH (the loader reads that at process start, so it cannot be set from here); this file adds its
-# Python folder at the end of sys.path, where `synseg_ros/__init__.py` finds the generated msg/ module, and the
-# repository root at the front, so that the code under test is this checkout's, not the install space's copy.
-# Node processes started by the tests get that folder on PYTHONPATH and run from the repository root.
+# uses) and against a colcon install space that `make setup` builds (install/ for Kilted, or the one
+# SYNSEG_ROS_INSTALL names: build/jazzy/install for Jazzy). `make test` puts its libraries on LD_LIBRARY_PATH
+# (the loader reads that at process start, so it cannot be set from here); tests/ros_processes.py adds its
+# Python folder at the end of sys.path, where `synseg_ros/__init__.py` finds the generated msg/ module, and this
+# file the repository root at the front, so that the code under test is this checkout's. Node processes
+# started by the tests get the same path.
 import os  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ROS_INSTALL = REPO_ROOT / "install" / "synseg_ros"
-ROS_PYTHON_DIRS = sorted(str(p) for p in ROS_INSTALL.glob("lib/python3*/site-packages"))
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-sys.path.extend(p for p in ROS_PYTHON_DIRS if p not in sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root: tests.*, the checkout
+from tests.ros_processes import FASTDDS_PROFILE, FASTDDS_PROFILE_VARIABLE, ROS_INSTALL, ROS_PYTHON_DIRS  # noqa: E402
+
 # Camera-sized frames between processes need the big shared-memory segment (see config/fastdds_loopback.xml).
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_loopback.xml"))
+os.environ.setdefault(FASTDDS_PROFILE_VARIABLE, FASTDDS_PROFILE)
 
 _RUN_ROS_TESTS = ("run them with `make test`, or `LD_LIBRARY_PATH=$PWD/install/synseg_ros/lib "
                   "scripts/sandbox .venv/bin/python -m pytest ...` after `make setup`")

@@ -1,15 +1,13 @@
-"""Helpers for the ROS tests: node processes, a probe node spinning in the test process, bounded waits."""
+"""Helpers for the rclpy tests: a probe node spinning in the test process, messages, bounded waits."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
@@ -19,35 +17,16 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from synseg_ros import conversions
-from synseg_ros.demo import stop as stop_node  # SIGINT the process group, SIGKILL if it lingers
+from synseg_ros import conversions, processes
+from tests.ros_processes import TIMEOUT_S
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 10.0            # every wait for discovery or a message
-
-
-def start_node(module: str, args: Sequence[str], log_path: Path) -> subprocess.Popen:
-    """``python -m module args`` from the repository root, output to a file.
-
-    The install space's Python folder goes on PYTHONPATH for the generated msg/ module; the working directory
-    comes first on sys.path, so the code itself is the checkout's.
-    """
-    install_python = [str(p) for p in (REPO_ROOT / "install" / "synseg_ros").glob("lib/python3*/site-packages")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(install_python + [os.environ.get("PYTHONPATH", "")])}
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+stop_node = processes.stop       # SIGINT the process group, SIGKILL if it lingers
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT_S, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT_S, what: str = "condition",
+               procs: Sequence[Any] = ()) -> Any:
+    """``processes.wait_until`` with the tests' default timeout."""
+    return processes.wait_until(predicate, timeout, what, procs)
 
 
 def image_msg(rgb: np.ndarray, encoding: str, stamp: Any, frame_id: str = "camera") -> Image:
@@ -74,6 +53,8 @@ class Probe:
             self.node.create_subscription(msg_type, topic, self._recorder(topic), 50)
         self.set_client = self.node.create_client(SetParameters, f"{target}/set_parameters")
         self.get_client = self.node.create_client(GetParameters, f"{target}/get_parameters")
+        self.change_state_client = self.node.create_client(ChangeState, f"{target}/change_state")
+        self.get_state_client = self.node.create_client(GetState, f"{target}/get_state")
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
@@ -89,22 +70,32 @@ class Probe:
         with self._lock:
             return [msg for _, msg in self.received[topic]]
 
-    def clear(self) -> None:
+    def clear(self, *topics: str) -> None:
+        """Forget what was received on ``topics`` (default: every topic)."""
         with self._lock:
-            for items in self.received.values():
-                items.clear()
+            for topic in topics or self.received:
+                self.received[topic].clear()
 
     def now(self) -> Any:
         return self.node.get_clock().now().to_msg()
 
-    def wait_for_node(self, timeout: float = TIMEOUT_S) -> None:
-        """Until the synseg node's parameter services and image subscription are matched."""
+    def wait_for_node(self, timeout: float = TIMEOUT_S, active: bool = True) -> None:
+        """Until the synseg node's services are there and, if ``active``, its image subscription is matched."""
         wait_until(lambda: self.set_client.service_is_ready() and self.get_client.service_is_ready()
-                   and self.image_pub.get_subscription_count() > 0, timeout, "the synseg node")
+                   and self.change_state_client.service_is_ready()
+                   and (not active or self.image_pub.get_subscription_count() > 0), timeout, "the synseg node")
 
-    def call(self, client: Any, request: Any) -> Any:
+    def change_state(self, transition: str, timeout: float = TIMEOUT_S) -> bool:
+        """Ask for a lifecycle transition by its label (configure, activate, ...); True if it succeeded."""
+        request = ChangeState.Request(transition=Transition(label=transition))
+        return self.call(self.change_state_client, request, timeout).success
+
+    def get_state(self) -> str:
+        return self.call(self.get_state_client, GetState.Request()).current_state.label
+
+    def call(self, client: Any, request: Any, timeout: float = TIMEOUT_S) -> Any:
         future = client.call_async(request)
-        wait_until(future.done, TIMEOUT_S, f"a reply from {client.srv_name}")
+        wait_until(future.done, timeout, f"a reply from {client.srv_name}")
         return future.result()
 
     def set_parameter(self, name: str, value: Any) -> Any:
@@ -133,7 +124,7 @@ class Probe:
                 if value:
                     return value
                 time.sleep(0.01)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def close(self) -> None:
         self._executor.shutdown()

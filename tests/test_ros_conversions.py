@@ -1,20 +1,24 @@
-"""The node's ROS-free parts: image conversion, rendering, the frame slot, statistics and parameter checks."""
+"""The node's ROS-free parts: image conversion, mask buffers, rendering, the frame slot, statistics, the fake
+segmenter and process handling. Nothing here needs rclpy."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
-import yaml
-from rclpy.parameter import Parameter
 
-from synseg_ros import conversions, params, rendering
+from synseg_ros import conversions, processes, rendering
 from synseg_ros.conversions import ImageFormatError
 from synseg_ros.frame_slot import LatestFrameSlot
+from synseg_ros.segmenter import FakeSegmenter
 from synseg_ros.stats import FrameStats
-from tests.ros_helpers import REPO_ROOT
+
+ROS_FREE_MODULES = ["synseg_ros.conversions", "synseg_ros.rendering", "synseg_ros.frame_slot", "synseg_ros.stats",
+                    "synseg_ros.segmenter", "synseg_ros.processes"]
 
 
 @pytest.fixture
@@ -140,60 +144,55 @@ def test_frame_stats_rates_and_percentiles():
     assert np.isnan(FrameStats().snapshot()["latency_p95_ms"])
 
 
-@pytest.mark.parametrize("value, reason", [
-    ([], "must not be empty"), (["a", ""], "blank"), (["Chair", "chair "], "duplicate"),
-    (["x"] * 2, "duplicate"), ([True, False], "quote them"), ([3, 4], "quote them"),
-    ([f"c{i}" for i in range(5)], "max_categories=4"),
-])
-def test_vocabulary_checks(value, reason):
-    with pytest.raises(ValueError, match=reason):
-        params.check_labels("vocabulary", value, max_count=4)
+def test_mask_buffers_threshold_in_place_into_reused_arrays():
+    probabilities = np.random.default_rng(2).random((3, 5, 7), dtype=np.float32)
+    buffers = conversions.MaskBuffers()
+    views = buffers.fill(probabilities, 0.5)
+    for view, activation, array_ in zip(views, probabilities, buffers.arrays):
+        np.testing.assert_array_equal(view, np.where(activation > 0.5, 255, 0))
+        assert np.shares_memory(view, np.frombuffer(array_, np.uint8))      # the message's data, no copy
+    first = list(buffers.arrays)
+    buffers.fill(probabilities, 0.9)
+    assert all(a is b for a, b in zip(first, buffers.arrays))                # reused frame after frame
+    np.testing.assert_array_equal(views[0], np.where(probabilities[0] > 0.9, 255, 0))
+    buffers.fill(probabilities[:2], 0.5)
+    assert len(buffers.arrays) == 2                                          # a new vocabulary: new buffers
 
 
-def test_prompt_templates_need_a_placeholder():
-    settings = {"max_categories": 4}
-    params.validate("prompt_templates", ["a photo of a {}."], settings)
-    with pytest.raises(ValueError, match="no {}"):
-        params.validate("prompt_templates", ["a photo"], settings)
+def test_label_image_accepts_0_255_masks_as_bool_masks():
+    probabilities = np.random.default_rng(3).random((4, 6, 5), dtype=np.float32)
+    views = conversions.MaskBuffers().fill(probabilities, 0.3)
+    np.testing.assert_array_equal(rendering.label_image(probabilities, views),
+                                  rendering.label_image(probabilities, probabilities > 0.3))
 
 
-@pytest.mark.parametrize("text, labels", [("[person, 'traffic light']", ["person", "traffic light"]),
-                                          ("person", ["person"]), ("person, chair", ["person", "chair"]),
-                                          ("[]", [])])
-def test_parse_label_list(text, labels):
-    assert params.parse_label_list(text) == labels
+def test_fake_segmenter_activation_is_the_colour_channel():
+    rgb = np.random.default_rng(4).integers(0, 256, size=(4, 6, 3), dtype=np.uint8)
+    fake = FakeSegmenter({"threshold": 0.5})
+    fake.set_vocabulary(["r", "g", "b", "r2"])
+    out = fake.segment(rgb)
+    assert out.labels == ["r", "g", "b", "r2"] and out.probabilities.dtype == np.float32
+    for i in range(4):
+        np.testing.assert_allclose(out.probabilities[i], rgb[..., i % 3] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(out.scores, out.probabilities.reshape(4, -1).max(1))
+    with pytest.raises(RuntimeError, match="text encoder"):
+        fake.set_vocabulary(["fail"])
 
 
-def test_coerce_repairs_what_ros2_param_set_infers():
-    assert params.coerce(Parameter("vocabulary", value="[person, 3]")).value == ["person", "3"]
-    empty = params.coerce(Parameter("vocabulary", Parameter.Type.BOOL_ARRAY, []))
-    assert empty.type_ == Parameter.Type.STRING_ARRAY and empty.value == []
-    assert params.coerce(Parameter("vocabulary", value=[" cup "])).value == ["cup"]
-    threshold = params.coerce(Parameter("threshold", value=1))
-    assert threshold.type_ == Parameter.Type.DOUBLE and threshold.value == 1.0
-    booleans = Parameter("vocabulary", value=[True, False])
-    assert params.coerce(booleans) is booleans          # left for the validating callback to reject
+def test_processes_wait_stop_and_report_exits(tmp_path):
+    sleeper = processes.start([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                              tmp_path / "sleeper.log")
+    processes.wait_until(lambda: "up" in (tmp_path / "sleeper.log").read_text(), 10, "the sleeper")
+    assert processes.stop(sleeper) != 0 and sleeper.poll() is not None        # SIGINT ended it
+    quitter = processes.start([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "quitter.log")
+    with pytest.raises(processes.ProcessExited, match="exited with code 3"):
+        processes.wait_until(lambda: False, 10, "nothing", procs=[quitter])
+    with pytest.raises(TimeoutError, match="waiting for Godot"):
+        processes.wait_until(lambda: False, 0.05, "Godot")
 
 
-def test_every_parameter_has_a_described_descriptor():
-    for spec in params.PARAMETERS:
-        descriptor = spec.descriptor()
-        assert descriptor.description and descriptor.read_only == (not spec.dynamic)
-        assert bool(descriptor.integer_range) == (spec.int_range is not None)
-        assert bool(descriptor.floating_point_range) == (spec.float_range is not None)
-
-
-def test_config_file_sets_only_declared_valid_parameters():
-    with open(REPO_ROOT / "config" / "synseg.yaml") as f:
-        values = yaml.safe_load(f)["/**"]["ros__parameters"]
-    assert set(values) <= set(params.SPECS), set(values) - set(params.SPECS)
-    settings = {spec.name: spec.default for spec in params.PARAMETERS} | values
-    for name, value in values.items():
-        spec = params.SPECS[name]
-        params.validate(name, value, settings)
-        if spec.default is not None:
-            assert isinstance(value, type(spec.default)), name
-        if spec.float_range:
-            assert spec.float_range[0] <= value <= spec.float_range[1], name
-        if spec.int_range:
-            assert spec.int_range[0] <= value <= spec.int_range[1], name
+def test_ros_free_modules_import_without_rclpy():
+    """These modules (and this test file) must work where rclpy is missing: block it and import them."""
+    code = ("import sys\nfor name in ('rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs'):\n"
+            "    sys.modules[name] = None\n" + "".join(f"import {m}\n" for m in ROS_FREE_MODULES))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

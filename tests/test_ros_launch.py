@@ -1,15 +1,27 @@
-"""launch/segment.launch.py: its arguments, and a real parse where ROS 2's launch is installed."""
+"""launch/segment.launch.py and the node through the real `ros2` command line: `ros2 launch`, `ros2 param`,
+`ros2 lifecycle` and `ros2 topic`, each in a subprocess under the network rule (the sandbox of `make test`).
+
+`ros2` and `launch` come from ../shared/ros2cli, which `make setup` installs into .venv (Kilted); where they
+are missing these tests skip, saying why. The commands ask a `ros2 daemon` started for this module (and
+stopped after it) for the graph, as on a robot, instead of discovering it anew each time; each has a timeout.
+"""
 from __future__ import annotations
 
 import ast
-import importlib.util
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.ros_helpers import REPO_ROOT
+from synseg_model import default_checkpoint_path
+from tests.ros_helpers import stop_node, wait_until
+from tests.ros_processes import REPO_ROOT, ros2_missing, run_ros2, start_node, start_ros2
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
-ARGUMENTS = {"image_topic", "params_file", "checkpoint", "device", "namespace"}
+ARGUMENTS = {"image_topic", "params_file", "checkpoint", "device", "namespace", "autostart"}
+MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
+needs_ros2 = pytest.mark.skipif(ros2_missing() is not None, reason=str(ros2_missing()))
 
 
 def declared_arguments(tree: ast.AST) -> set[str]:
@@ -20,30 +32,156 @@ def declared_arguments(tree: ast.AST) -> set[str]:
 def test_launch_file_declares_the_documented_arguments():
     tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
     assert declared_arguments(tree) == ARGUMENTS
-    functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
-    assert "generate_launch_description" in functions
 
 
-def _ros_launch_available() -> bool:
-    # PyPI's "launch" is an unrelated tool; ROS 2's has LaunchDescription and comes with launch_ros.
-    if importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None:
-        return False
-    import launch
-
-    return hasattr(launch, "LaunchDescription")
+@needs_ros2
+def test_show_args_lists_every_argument():
+    out = run_ros2("launch", "synseg_ros", "segment.launch.py", "--show-args")
+    assert out.returncode == 0, out.stderr
+    assert {name for name in ARGUMENTS if f"'{name}'" in out.stdout} == ARGUMENTS, out.stdout
 
 
-@pytest.mark.skipif(not _ros_launch_available(),
-                    reason="ROS 2 launch/launch_ros are not installable from PyPI (only with a ROS 2 install)")
-def test_launch_file_parses_with_ros2_launch():
-    from launch.actions import DeclareLaunchArgument
+@pytest.fixture(scope="module", autouse=True)
+def ros2_daemon():
+    """A `ros2 daemon` for this module's commands, inside the sandbox, stopped at the end."""
+    if ros2_missing() is not None:
+        yield
+        return
+    assert run_ros2("daemon", "start").returncode == 0
+    try:
+        yield
+    finally:
+        run_ros2("daemon", "stop")
 
-    from launch import LaunchDescription
 
-    spec = importlib.util.spec_from_file_location("segment_launch", LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    assert isinstance(description, LaunchDescription)
-    names = {entity.name for entity in description.entities if isinstance(entity, DeclareLaunchArgument)}
-    assert names == ARGUMENTS
+def parameters(node: str) -> dict:
+    """All of ``node``'s parameters (`ros2 param dump`)."""
+    out = run_ros2("param", "dump", node)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return yaml.safe_load(out.stdout)[node]["ros__parameters"]
+
+
+def param_set(node: str, name: str, value: str) -> str:
+    out = run_ros2("param", "set", node, name, value)
+    return out.stdout + out.stderr
+
+
+def lifecycle(verb: str, node: str, *args: str, attempts: int = 3) -> str:
+    return run_ros2("lifecycle", verb, node, *args, attempts=attempts).stdout
+
+
+def wait_for_node(node: str, launch, timeout: float) -> None:
+    """Until ``ros2 lifecycle get`` answers for ``node``."""
+    wait_until(lambda: lifecycle("get", node, attempts=1), timeout,
+               f"{node} to answer `ros2 lifecycle get`", procs=[launch])
+
+
+def write_params(path: Path, **values) -> Path:
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": values}}))
+    return path
+
+
+def stop_launch(launch, log: Path) -> str:
+    code = stop_node(launch)
+    text = log.read_text()
+    print(text)
+    assert code == 0, f"ros2 launch ended with {code}"
+    assert "Traceback" not in text
+    return text
+
+
+@pytest.mark.ros
+@needs_ros2
+def test_parameter_file_alone_keeps_its_values_and_ros2_param_explains_rejections(tmp_path):
+    checkpoint = str(default_checkpoint_path())
+    params_file = write_params(tmp_path / "robot.yaml", checkpoint=checkpoint, device="cpu", max_rate_hz=5,
+                               vocabulary=["cup", "plate"])
+    log = tmp_path / "launch.log"
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", f"params_file:={params_file}",
+                         "autostart:=false"], log)
+    try:
+        wait_for_node("/synseg", launch, 30.0)
+        values = parameters("/synseg")
+        assert (values["checkpoint"], values["device"], values["max_rate_hz"]) == (checkpoint, "cpu", 5.0)
+        assert isinstance(values["max_rate_hz"], float)                 # an integer in the file
+        assert lifecycle("get", "/synseg").startswith("unconfigured")
+
+        assert "threshold expects a floating-point number, got str 'abc'" in param_set("/synseg", "threshold", "abc")
+        assert "quote them" in param_set("/synseg", "vocabulary", "[yes, no]")
+        assert "Set parameter successful" in param_set("/synseg", "vocabulary", "[person, chair]")
+        assert "Set parameter successful" in param_set("/synseg", "threshold", "1")
+        values = parameters("/synseg")
+        assert (values["vocabulary"], values["threshold"]) == (["person", "chair"], 1.0)
+    finally:
+        stop_launch(launch, log)
+
+
+@pytest.mark.ros
+@needs_ros2
+def test_arguments_override_the_parameter_file_in_a_namespace(tmp_path):
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"")                   # exists; not loaded while the node stays unconfigured
+    params_file = write_params(tmp_path / "robot.yaml", checkpoint=str(default_checkpoint_path()), device="cpu")
+    log = tmp_path / "launch.log"
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", f"params_file:={params_file}",
+                         f"checkpoint:={other}", "device:=cuda:1", "namespace:=/robot", "autostart:=false"], log)
+    try:
+        wait_for_node("/robot/synseg", launch, 30.0)
+        values = parameters("/robot/synseg")
+        assert (values["checkpoint"], values["device"]) == (str(other), "cuda:1")
+    finally:
+        stop_launch(launch, log)
+
+
+@pytest.mark.ros
+@needs_ros2
+def test_a_missing_checkpoint_is_fatal_and_the_node_exits_1(tmp_path):
+    log = tmp_path / "launch.log"
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "checkpoint:=/nowhere/model.safetensors"],
+                        log)
+    try:
+        wait_until(lambda: re.search(r"process has died .*exit code 1", log.read_text()), 60.0,
+                   "the node to exit with code 1")
+    finally:
+        stop_node(launch)
+        print(log.read_text())
+    text = log.read_text()
+    assert "[FATAL]" in text and "checkpoint /nowhere/model.safetensors: no such file" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.ros
+@needs_ros2
+def test_ros2_lifecycle_drives_the_node(tmp_path):
+    """The fake-model node, unconfigured at start, through every transition with `ros2 lifecycle set`."""
+    log = tmp_path / "node.log"
+    node = start_node("synseg_ros.segmenter", ["--ros-args", "-r", "__ns:=/cli"], log)
+    try:
+        wait_for_node("/cli/synseg", node, 30.0)
+        assert lifecycle("get", "/cli/synseg").startswith("unconfigured")
+        for transition in ("configure", "activate", "deactivate", "cleanup", "configure", "activate"):
+            assert "Transitioning successful" in lifecycle("set", "/cli/synseg", transition), transition
+        assert lifecycle("get", "/cli/synseg").startswith("active")
+        assert "Transitioning successful" in lifecycle("set", "/cli/synseg", "shutdown")
+        assert node.wait(10) == 0                 # shutdown ends the process
+    finally:
+        stop_node(node)
+        print(log.read_text())
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+@needs_ros2
+def test_launch_defaults_run_the_default_model(tmp_path):
+    """autostart (the default) configures and activates the node on the offline default model."""
+    log = tmp_path / "launch.log"
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "image_topic:=/front/image", "device:=cpu"],
+                        log)
+    try:
+        wait_until(lambda: lifecycle("get", "/synseg", attempts=1).startswith("active"), MODEL_STARTUP_S,
+                   "the node to be active", procs=[launch])
+        out = run_ros2("topic", "info", "/front/image")
+        assert "Subscription count: 1" in out.stdout, out.stdout
+    finally:
+        text = stop_launch(launch, log)
+    assert "Configured in" in text and "Active: subscribed to /front/image" in text

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image as PILImage
 
 from synseg_model import default_checkpoint_path
-from tests.ros_helpers import Probe, image_msg, mask_array, start_node, stop_node
+from tests.ros_helpers import Probe, image_msg, mask_array, stop_node
+from tests.ros_processes import start_node
 
 pytestmark = pytest.mark.ros
 
@@ -46,7 +47,8 @@ def test_default_model_masks_overlap_the_true_shapes(ros_context, tmp_path):
     names = (val / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
 
     proc = start_node("synseg_ros.node", ["--ros-args", "-r", "image:=/iou/image_raw", "-p", "device:=cpu",
-                                          "-p", f"vocabulary:=[{', '.join(classes)}]"], tmp_path / "node.log")
+                                          "-p", "autostart:=true", "-p", f"vocabulary:=[{', '.join(classes)}]"],
+                      tmp_path / "node.log")
     probe = Probe("probe_iou", "/iou/image_raw", {"/synseg/masks": SegmentationMasks})
     ious, chance = [], []
     try:

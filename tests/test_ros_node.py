@@ -1,21 +1,27 @@
-"""The synseg node over real DDS on loopback, with a fake model in a separate process (tests/ros_fakes.py).
+"""The synseg node over real DDS on loopback, with the fake model in a separate process (synseg_ros.segmenter).
 
 The fake's activation for label i is colour channel i % 3, so each test knows which pixels every mask must
 hold. Run under the network rule: `make test` (see tests/conftest.py).
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 
+import cv2
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from sensor_msgs.msg import Image
 
-from tests.ros_helpers import Probe, image_msg, latest_diagnostics, mask_array, start_node, stop_node, wait_until
+from tests.ros_helpers import Probe, image_msg, latest_diagnostics, mask_array, stop_node, wait_until
+from tests.ros_processes import TIMEOUT_S, start_node
 
 pytestmark = pytest.mark.ros
+
+FAKE_NODE = "synseg_ros.segmenter"          # python -m synseg_ros.segmenter: the node on the fake model
 
 IMAGE_TOPIC = "/test/image_raw"
 H, W = 48, 64
@@ -35,9 +41,8 @@ def fake_node(ros_context, tmp_path_factory):
     from synseg_ros.msg import SegmentationMasks
 
     log = tmp_path_factory.mktemp("fake_node") / "node.log"
-    proc = start_node("tests.ros_fakes", ["--ros-args", "-r", f"image:={IMAGE_TOPIC}",
-                                          "-p", "vocabulary:=[red, green, blue]", "-p", "diagnostics_period:=0.2"],
-                      log)
+    proc = start_node(FAKE_NODE, ["--ros-args", "-r", f"image:={IMAGE_TOPIC}", "-p", "autostart:=true",
+                                  "-p", "vocabulary:=[red, green, blue]", "-p", "diagnostics_period:=0.2"], log)
     probe = Probe("probe_fake", IMAGE_TOPIC, {"/synseg/masks": SegmentationMasks, "/synseg/label_image": Image,
                                               "/synseg/overlay": Image, "/diagnostics": DiagnosticArray})
     try:
@@ -45,8 +50,9 @@ def fake_node(ros_context, tmp_path_factory):
         yield proc, probe
     finally:
         probe.close()
-        stop_node(proc)
+        code = stop_node(proc)
         print(log.read_text())
+    assert code == 0, "the node did not end cleanly on SIGINT"
 
 
 def masks_with_stamp(probe: Probe, stamp) -> list:
@@ -126,7 +132,9 @@ def test_invalid_vocabulary_is_rejected_and_old_value_kept(fake_node, value, rea
 
 def test_read_only_and_out_of_range_parameters_are_rejected(fake_node):
     proc, probe = fake_node
-    assert not probe.set_parameter("checkpoint", "/tmp/other.safetensors").successful
+    result = probe.set_parameter("checkpoint", "")          # a reload parameter, while the node is active
+    assert not result.successful and "only while the node is unconfigured" in result.reason
+    assert not probe.set_parameter("autostart", False).successful
     result = probe.set_parameter("threshold", 1.5)
     assert not result.successful and "out of range" in result.reason
     # `ros2 param set /synseg threshold 1` sends an integer: accepted as 1.0.
@@ -188,9 +196,9 @@ def test_slow_model_at_30_hz_drops_stale_frames(ros_context, tmp_path):
     delay, rate, duration = 0.2, 30.0, 3.0
     # Its own namespace and topic: the module's other fake node may still be running.
     topic = "/slow/image_raw"
-    proc = start_node("tests.ros_fakes", ["--delay", str(delay), "--ros-args", "-r", "__ns:=/slow",
-                                          "-r", f"image:={topic}", "-p", "vocabulary:=[red, green]",
-                                          "-p", "diagnostics_period:=0.2", "-p", "publish_overlay:=false"],
+    proc = start_node(FAKE_NODE, ["--delay", str(delay), "--ros-args", "-r", "__ns:=/slow",
+                                  "-r", f"image:={topic}", "-p", "vocabulary:=[red, green]", "-p", "autostart:=true",
+                                  "-p", "diagnostics_period:=0.2", "-p", "publish_overlay:=false"],
                       tmp_path / "node.log")
     probe = Probe("probe_slow", topic, {"/slow/synseg/masks": SegmentationMasks, "/diagnostics": DiagnosticArray},
                   target="/slow/synseg")
@@ -230,8 +238,6 @@ def test_slow_model_at_30_hz_drops_stale_frames(ros_context, tmp_path):
 
 def test_image_folder_publisher_feeds_the_node(fake_node, tmp_path):
     """The camera stand-in (another process) publishes a folder's images; the node segments them."""
-    import cv2
-
     proc, probe = fake_node
     assert probe.set_parameter("vocabulary", ["red", "green", "blue"]).successful
     for i in range(2):
@@ -252,3 +258,63 @@ def test_image_folder_publisher_feeds_the_node(fake_node, tmp_path):
     # yuv422 subsamples colour: compare away from the box's left and right edges.
     inner = (slice(None), slice(RED_BOX[1].start + 2, RED_BOX[1].stop - 2))
     np.testing.assert_array_equal(mask_array(out.masks[0])[inner], expected[inner])
+
+
+def test_incompatible_image_publisher_is_named_once_the_graph_knows_it(ros_context, tmp_path):
+    """A reliable subscription never hears a best-effort camera: the node's warning names the camera's node,
+    also when the camera starts after the node (the graph learns a node's name after its endpoint)."""
+    log = tmp_path / "node.log"
+    proc = start_node(FAKE_NODE, ["--ros-args", "-r", "__ns:=/strict", "-r", "image:=/strict/image_raw",
+                                  "-p", "autostart:=true", "-p", "image_reliability:=reliable"], log)
+    probe = Probe("probe_strict", "/strict/unused", {}, target="/strict/synseg")
+    camera = None
+    try:
+        probe.wait_for_node(active=False)
+        wait_until(lambda: probe.node.count_subscribers("/strict/image_raw") > 0, what="the image subscription")
+        cv2.imwrite(str(tmp_path / "frame.png"), red_box_image())
+        camera = start_node("synseg_ros.image_folder_publisher",
+                            ["--ros-args", "-r", "__ns:=/strict", "-r", "__node:=best_effort_camera",
+                             "-p", f"folder:={tmp_path}", "-p", "rate_hz:=5.0"], tmp_path / "camera.log")
+        text = wait_until(lambda: "incompatible" in log.read_text() and log.read_text(), 2 * TIMEOUT_S,
+                          "the incompatible-QoS warning")
+        time.sleep(0.5)         # a second warning, if any, comes in the same tenth of a second
+        text = log.read_text()
+    finally:
+        probe.close()
+        if camera is not None:
+            stop_node(camera)
+        stop_node(proc)
+        print(log.read_text())
+    assert "offers QoS incompatible" in text and "RELIABILITY" in text
+    assert "/strict/best_effort_camera" in text and "_NODE_NAME_UNKNOWN_" not in text
+    assert "image_reliability" in text              # the warning says how to fix it
+
+
+def test_interrupts_while_segmenting_end_the_node_cleanly(ros_context, tmp_path):
+    """SIGINT while the model is busy, then a second one during shutdown (what `timeout -s INT` or a
+    non-interactive `ros2 launch` sends to the process group): exit 0, no error after shutdown began, no
+    traceback."""
+    log = tmp_path / "node.log"
+    delay = 0.6
+    proc = start_node(FAKE_NODE, ["--delay", str(delay), "--ros-args", "-r", "__ns:=/busy",
+                                  "-r", "image:=/busy/image_raw", "-p", "autostart:=true",
+                                  "-p", "vocabulary:=[red, green]"], log)
+    probe = Probe("probe_busy", "/busy/image_raw", {}, target="/busy/synseg")
+    try:
+        probe.wait_for_node()
+        frame = image_msg(red_box_image(), "rgb8", probe.now())
+        for _ in range(6):          # the worker is busy with one frame and another waits when SIGINT comes
+            probe.image_pub.publish(frame)
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(TIMEOUT_S)
+    finally:
+        probe.close()
+        stop_node(proc)
+        print(log.read_text())
+    text = log.read_text()
+    assert code in (0, 130), code
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert "Segmentation failed" not in text and "context is invalid" not in text
