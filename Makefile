@@ -3,20 +3,35 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The ROS 2 package (message + node), built by colcon from the ROS 2 Kilted wheels of .venv into install/.
 ROS_STAMP := install/.synseg_ros_built
+ROS_PACKAGE := msg/SegmentationMasks.msg CMakeLists.txt package.xml scripts/build_ros_package.sh \
+	$(wildcard synseg_ros/*.py launch/*.py scripts/synseg_node scripts/image_folder_publisher)
 # rclpy processes need the message's libraries from the colcon install space (read by the loader at start-up).
-# Its Python folder also holds a copy of synseg_model/synseg_ros taken at build time, so it goes on PYTHONPATH
-# only for processes started from the repository root, where the checkout's code comes first (the demo; the
-# tests add it themselves, see tests/conftest.py).
+# Its Python folder (links to the checkout's synseg_ros and synseg_model, plus the generated msg/ module) goes
+# on PYTHONPATH for processes started from the repository root (the demo; the tests add it themselves).
 ROS_LIBS := LD_LIBRARY_PATH=$(CURDIR)/install/synseg_ros/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 ROS_PYTHONPATH := PYTHONPATH=$$(echo $(CURDIR)/install/synseg_ros/lib/python3*/site-packages)
+# The second ROS 2 distribution the ROS tests run on: Jazzy, in a light environment of its ROS wheels that
+# reads the model's packages from .venv (requirements-jazzy.txt), with the package built into build/jazzy/.
+JAZZY_VENV := .venv-jazzy
+JAZZY_PY := $(JAZZY_VENV)/bin/python
+JAZZY_STAMP := $(JAZZY_VENV)/.installed
+JAZZY_BASE := build/jazzy
+JAZZY_ROS_STAMP := $(JAZZY_BASE)/install/.synseg_ros_built
+JAZZY_ENV := SYNSEG_ROS_INSTALL=$(CURDIR)/$(JAZZY_BASE)/install LD_LIBRARY_PATH=$(CURDIR)/$(JAZZY_BASE)/install/synseg_ros/lib
+ROS_TESTS := $(wildcard tests/test_ros_*.py)
+# `ros2` and `launch`, built from their sources in ../shared/ros2cli where it exists (a user's clone has none:
+# the tests that need them skip), installed into .venv with build/ros2cli as the install base.
+ROS2CLI := ../shared/ros2cli
+ROS2CLI_STAMP := build/ros2cli/.installed
 # A Fast DDS shared-memory segment large enough for camera frames (the default 512 KB is not).
 FASTDDS := FASTDDS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds_loopback.xml
 SANDBOX := scripts/sandbox
 
 .PHONY: setup test test-fast demo shapes clean
 
-setup: $(STAMP) $(ROS_STAMP)
+setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(ROS2CLI_STAMP))
 
 # Re-installs only when the pins or the package metadata change.
 $(STAMP): requirements.txt setup.py
@@ -26,13 +41,32 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# The ROS 2 package (message + node), rebuilt when its definition or the installed wheels change.
-$(ROS_STAMP): $(STAMP) msg/SegmentationMasks.msg CMakeLists.txt package.xml scripts/build_ros_package.sh
+# Rebuilt when its definition, its files or the installed wheels change.
+$(ROS_STAMP): $(STAMP) $(ROS_PACKAGE)
 	scripts/build_ros_package.sh
 	touch $@
 
+# Only the ROS 2 wheels and colcon; the non-ROS pins of requirements.txt constrain what they pull in.
+$(JAZZY_STAMP): requirements-jazzy.txt requirements.txt $(STAMP)
+	test -x $(JAZZY_PY) || python3 -m venv $(JAZZY_VENV)
+	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/constraints.txt
+	$(JAZZY_PY) -m pip install --quiet -r requirements-jazzy.txt -c $(JAZZY_VENV)/constraints.txt
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+		> "$$($(JAZZY_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/synseg_model_deps.pth"
+	touch $@
+
+$(JAZZY_ROS_STAMP): $(JAZZY_STAMP) $(ROS_PACKAGE)
+	scripts/build_ros_package.sh $(JAZZY_VENV) $(JAZZY_BASE)
+	touch $@
+
+$(ROS2CLI_STAMP): $(ROS_STAMP) $(wildcard $(ROS2CLI)/wheels/*.whl)
+	bash $(ROS2CLI)/install.sh $(VENV) build/ros2cli
+	touch $@
+
+# Every test on Kilted, then the ROS tests again on Jazzy.
 test: setup
 	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests
+	$(JAZZY_ENV) $(SANDBOX) $(JAZZY_PY) -m pytest $(ROS_TESTS)
 
 # The same without the tests marked slow (pytest.ini): whole pipelines, several processes, ROS load tests.
 test-fast: setup
@@ -51,4 +85,4 @@ shapes: $(STAMP)
 	time $(PY) -m training.shapes run --out runs/shapes --install-default $(SHAPES_ARGS)
 
 clean:
-	rm -rf $(VENV) build install log demo_out
+	rm -rf $(VENV) $(JAZZY_VENV) build install log demo_out
