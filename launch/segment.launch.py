@@ -41,7 +41,9 @@ def generate_launch_description() -> LaunchDescription:
                                                                   "synseg.yaml"]),
                               description="YAML file with the node's parameters"),
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="SynSeg checkpoint (.safetensors); empty: the parameter file's"),
+                              description="the model: a name (python -m synseg_model.pretrained list, e.g. "
+                                          "clipseg-rd64-refined), hf-hub:ORG/REPO or a .safetensors file; "
+                                          "empty: the parameter file's"),
         DeclareLaunchArgument("device", default_value="",
                               description="auto, cpu, cuda or cuda:N; empty: the parameter file's"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),

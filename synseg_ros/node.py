@@ -70,6 +70,9 @@ WARMUP_FRAME = (480, 640, 3)        # one camera-sized frame through the model a
 QOS_NAME_WAIT_S = 5.0
 QOS_NAME_POLL_S = 0.1
 UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"
+NO_VOCABULARY = ("No vocabulary: the model's card lists no classes; no frame is segmented until one is set, e.g. "
+                 "ros2 param set {node} vocabulary \"[person, chair, door]\" (config/synseg.yaml suggests "
+                 "starting vocabularies for indoor and outdoor robots)")
 
 
 def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
@@ -199,8 +202,17 @@ class SynSegNode(LifecycleNode):
                     params.validate(name, value, settings)
             segmenter = self._factory(settings)
             loaded = time.monotonic()
-            segmenter.set_vocabulary(list(settings["vocabulary"]), settings["prompt_templates"])
-            segmenter.segment(np.zeros(WARMUP_FRAME, np.uint8))
+            self.get_logger().info(f"Model: {segmenter.model_card.get('summary', '(no model card)')}")
+            vocabulary = settings["vocabulary"] or list(segmenter.model_card.get("classes") or [])
+            if vocabulary and not settings["vocabulary"]:  # unset: the card's classes, checked as a set is
+                result = self.set_parameters([Parameter("vocabulary", value=vocabulary)])[0]
+                if not result.successful:
+                    raise ValueError(f"the model card's classes: {result.reason}")
+            if vocabulary:
+                segmenter.set_vocabulary(vocabulary, settings["prompt_templates"])
+                segmenter.segment(np.zeros(WARMUP_FRAME, np.uint8))
+            else:
+                self.get_logger().warning(NO_VOCABULARY.format(node=self.get_fully_qualified_name()))
         except Exception as exc:  # any failure to build the model fails the transition; say exactly which
             return self._fail(f"Failed to load the segmentation model from {source} (device={settings['device']}, "
                               f"backend={settings['backend']}, precision={settings['precision']}): "
@@ -212,8 +224,9 @@ class SynSegNode(LifecycleNode):
         self._last_error = ""
         self.get_logger().info(
             f"Configured in {time.monotonic() - started:.1f} s: {source} loaded in {loaded - started:.1f} s, "
-            f"backend={segmenter.backend_name}, device={segmenter.device}, vocabulary of "
-            f"{len(settings['vocabulary'])} labels encoded and the model warmed up")
+            f"backend={segmenter.backend_name}, device={segmenter.device}, " + (
+                f"vocabulary of {len(vocabulary)} labels encoded and the model warmed up" if vocabulary
+                else "no vocabulary yet"))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -309,7 +322,8 @@ class SynSegNode(LifecycleNode):
                                      f"{self.state()}): deactivate and clean it up first; the new value "
                                      f"applies at the next configure")
                 params.validate(p.name, p.value, new)
-            if self._segmenter is not None and any(p.name in params.STRING_ARRAYS for p in parameters):
+            if (self._segmenter is not None and new["vocabulary"]
+                    and any(p.name in params.STRING_ARRAYS for p in parameters)):
                 self._encode_vocabulary(new["vocabulary"], new["prompt_templates"])
         except Exception as exc:  # validation errors and anything the text encoder raises: keep the old value
             return SetParametersResult(successful=False, reason=str(exc))
@@ -395,6 +409,10 @@ class SynSegNode(LifecycleNode):
 
     def _process(self, msg: Image) -> None:
         settings = self._settings
+        if not settings["vocabulary"]:
+            self.get_logger().warning(NO_VOCABULARY.format(node=self.get_fully_qualified_name()),
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
         t0 = time.monotonic()
         try:
             rgb = self._decode(msg)
@@ -480,7 +498,7 @@ class SynSegNode(LifecycleNode):
         values = {"state": state,
                   **{k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in figures.items()},
                   "backend": str(segmenter.backend_name) if segmenter is not None else "", "device": device,
-                  "vocabulary": ", ".join(self._settings["vocabulary"]),
+                  "vocabulary": ", ".join(self._settings["vocabulary"] or ()),
                   "threshold": f"{self._settings['threshold']:.3f}",
                   "image_topic": subscription.topic_name if subscription is not None else ""}
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: segmentation",

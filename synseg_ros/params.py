@@ -17,9 +17,6 @@ from typing import Any, Mapping
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-# The offline default model was trained in the project's shapes world, so its class names are the default.
-DEFAULT_VOCABULARY = ["circle", "square", "triangle", "star", "cross", "ring", "grass", "water", "sand", "brick",
-                      "wood"]
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 RELIABILITIES = ("best_effort", "reliable")
@@ -72,14 +69,17 @@ class ParamSpec:
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("vocabulary", DEFAULT_VOCABULARY,
-              "Labels to segment, e.g. \"[person, chair]\". Changing it re-encodes the text off the image path "
-              "and applies it between two frames; every masks message names the labels it used."),
+    ParamSpec("vocabulary", None,
+              "Labels to segment, e.g. \"[person, chair]\". Unset, configure takes the classes the model's card "
+              "lists (the offline default model's); a model without (CLIPSeg) waits for one. Changing it "
+              "re-encodes the text off the image path and applies it between two frames; every masks message "
+              "names the labels it used."),
     ParamSpec("prompt_templates", None,
               "Prompt templates with {} for the label, averaged per label (unset: the model's own templates)."),
     ParamSpec("threshold", 0.5, "Activation above which a pixel is in a label's mask.", float_range=(0.0, 1.0)),
-    ParamSpec("checkpoint", "", "SynSeg checkpoint (.safetensors); empty: the offline default model.",
-              changes=UNCONFIGURED),
+    ParamSpec("checkpoint", "", "The model: a name (python -m synseg_model.pretrained list, e.g. "
+              "clipseg-rd64-refined), hf-hub:ORG/REPO[@REVISION] or a .safetensors file; empty: the offline "
+              "default model.", changes=UNCONFIGURED),
     ParamSpec("device", "auto", "Where the model runs: auto (CUDA when available), cuda, cpu or cuda:N.",
               changes=UNCONFIGURED),
     ParamSpec("backend", "auto", "Inference backend (auto, torch, tensorrt, onnxruntime, ...; "
@@ -202,8 +202,10 @@ def check_type(spec: ParamSpec, value: Any) -> None:
 
 
 def check_checkpoint(value: str) -> None:
-    """A checkpoint given as a file path must exist (checked before torch loads, so the error comes at once)."""
-    if value and (value.endswith(".safetensors") or os.sep in value) and not os.path.isfile(value):
+    """A checkpoint given as a file path must exist (checked before torch loads, so the error comes at once);
+    model names, hf-hub:ORG/REPO included, are resolved at configure."""
+    if (value and not value.startswith("hf-hub:") and (value.endswith(".safetensors") or os.sep in value)
+            and not os.path.isfile(value)):
         raise ValueError(f"checkpoint {value}: no such file")
 
 
@@ -231,6 +233,6 @@ def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
     elif name == "checkpoint":
         check_checkpoint(value)
-    elif name == "max_categories" and len(settings["vocabulary"]) > value:
+    elif name == "max_categories" and len(settings["vocabulary"] or ()) > value:
         raise ValueError(f"max_categories={value} is less than the {len(settings['vocabulary'])} labels of the "
                          f"vocabulary")

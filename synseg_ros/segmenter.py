@@ -32,6 +32,7 @@ class Segmenter(Protocol):
     backend_name: str
     device: Any
     threshold: float
+    model_card: Mapping[str, Any]   # a one-line "summary"; "classes": the default vocabulary, when it has them
 
     def set_vocabulary(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
         """Encode ``labels`` and make them the vocabulary of the next ``segment`` calls (raises if it cannot)."""
@@ -57,6 +58,7 @@ class FakeSegmenter:
 
     backend_name = "fake"
     device = "cpu"
+    model_card = {"summary": "fake model: the activation of label i is colour channel i % 3"}
 
     def __init__(self, settings: Mapping[str, Any], delay: float = 0.0) -> None:
         self.threshold = float(settings["threshold"])

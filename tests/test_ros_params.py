@@ -85,8 +85,9 @@ def test_wrong_values_are_explained(name, value, reason):
 
 def test_max_categories_cannot_drop_below_the_vocabulary():
     settings = {spec.name: spec.default for spec in params.PARAMETERS}
-    with pytest.raises(ValueError, match="less than the 11 labels"):
-        params.validate("max_categories", 10, settings)
+    params.validate("max_categories", 1, settings)                    # unset: the model card's classes, later
+    with pytest.raises(ValueError, match="less than the 3 labels"):
+        params.validate("max_categories", 2, {**settings, "vocabulary": ["a", "b", "c"]})
 
 
 # --- the node in this process (rclpy) -------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_parameters_are_declared_with_descriptors(ros_context):
         assert by_name["autostart"].read_only
         assert by_name["threshold"].floating_point_range[0].to_value == 1.0
         assert by_name["max_categories"].integer_range[0].to_value == params.MAX_LABELS
-        assert node.get_parameter("vocabulary").value == params.DEFAULT_VOCABULARY
+        assert node.get_parameter("vocabulary").type_ == Parameter.Type.NOT_SET   # configure: the card's classes
     finally:
         node.destroy_node()
 
