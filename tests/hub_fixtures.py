@@ -33,12 +33,15 @@ def repo_snapshot(home: Path, repo: str, commit: str) -> Path:
     return folder / "snapshots" / commit
 
 
-def write_clipseg_repo(home: Path, repo: str = CLIPSEG_REPO, commit: str = CLIPSEG_COMMIT):
-    """A small random transformers CLIPSeg saved into the cache; returns (the HF model, its snapshot folder)."""
+def write_clipseg_repo(home: Path, repo: str = CLIPSEG_REPO, commit: str = CLIPSEG_COMMIT,
+                       config: dict | None = None):
+    """A random transformers CLIPSeg (``config``: CLIPSegConfig fields, default ``SMALL_CLIPSEG``) saved into the
+    cache; returns (the HF model, its snapshot folder)."""
     import transformers
 
     torch.manual_seed(0)
-    model = transformers.CLIPSegForImageSegmentation(transformers.CLIPSegConfig(**SMALL_CLIPSEG)).eval()
+    config = transformers.CLIPSegConfig(**(SMALL_CLIPSEG if config is None else config))
+    model = transformers.CLIPSegForImageSegmentation(config).eval()
     snapshot = repo_snapshot(home, repo, commit)
     model.save_pretrained(snapshot, safe_serialization=True)
     return model, snapshot
