@@ -69,6 +69,9 @@ WARMUP_FRAME = (480, 640, 3)        # one camera-sized frame through the model a
 # warning waits for the name, and how often it looks.
 QOS_NAME_WAIT_S = 5.0
 QOS_NAME_POLL_S = 0.1
+# The shutdown transition's reply is sent after its callback returns; the process ends this long after, so that
+# the caller (`ros2 lifecycle set`) gets it instead of waiting forever for a reply that died with the process.
+SHUTDOWN_REPLY_S = 0.5
 UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"
 NO_VOCABULARY = ("No vocabulary: the model's card lists no classes; no frame is segmented until one is set, e.g. "
                  "ros2 param set {node} vocabulary \"[person, chair, door]\" (config/synseg.yaml suggests "
@@ -270,7 +273,7 @@ class SynSegNode(LifecycleNode):
         self._stop_processing()
         self._release()
         self.get_logger().info(f"Finalized (shut down from {state.label})")
-        self._on_exit(0)
+        self._call_later(SHUTDOWN_REPLY_S, lambda: self._on_exit(0))
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -585,6 +588,9 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         while not done.wait(timeout=1.0):
             pass
         executor.shutdown()
+        # A daemon thread that is still inside rclpy's C++ code when the interpreter finalises aborts the
+        # process ("terminate called without an active exception"): the spinner must be out first.
+        spinner.join(timeout=5.0)
         if node.state() in ("unconfigured", "inactive", "active"):
             node.trigger_shutdown()         # stops the worker and releases the model, in this order
         node.destroy_node()

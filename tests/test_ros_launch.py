@@ -170,6 +170,27 @@ def test_ros2_lifecycle_drives_the_node(tmp_path):
 
 
 @pytest.mark.ros
+@needs_ros2
+def test_shutdown_answers_the_caller_and_the_process_exits_0_every_time(tmp_path):
+    """`ros2 lifecycle set shutdown` gets its reply, and the process ends cleanly, in every one of four tries.
+
+    Both raced the process's own exit: the reply could be lost (the command waited forever) and a thread still
+    inside rclpy when the interpreter finalised aborted the process ("terminate called without an active
+    exception", exit code -6).
+    """
+    for attempt in range(4):
+        log = tmp_path / f"node{attempt}.log"
+        node = start_node("synseg_ros.segmenter", ["--ros-args", "-r", "__ns:=/down"], log)
+        try:
+            wait_for_node("/down/synseg", node, 30.0)
+            assert "Transitioning successful" in lifecycle("set", "/down/synseg", "shutdown", attempts=1), attempt
+            assert node.wait(10) == 0, (attempt, log.read_text())
+        finally:
+            stop_node(node)
+        assert "terminate called" not in log.read_text()
+
+
+@pytest.mark.ros
 @pytest.mark.slow
 @needs_ros2
 def test_launch_defaults_run_the_default_model(tmp_path):

@@ -105,7 +105,8 @@ def test_whole_cycle_twice_masks_only_while_active_model_released_by_cleanup(ros
         wait_until(lambda: {"unconfigured", "inactive", "active"} <= set(states_reported(probe, "/cycle/synseg")),
                    what="diagnostics reporting every state")
         assert probe.change_state("shutdown")
-        assert probe.get_state() == "finalized" and spinning.exit_codes == [0]
+        assert probe.get_state() == "finalized"
+        wait_until(lambda: spinning.exit_codes == [0], what="the exit code, once the reply is out")
     finally:
         probe.close()
         spinning.close()
