@@ -5,6 +5,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,3 +231,47 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= RESUME_ATOL, f"resumed weights differ by {worst}"
+
+
+def test_projector_warmup_freezes_the_decoder_then_resumes_exactly(data, tmp_path):
+    common = ("train.steps=6", "train.ckpt_every=1", "train.keep_checkpoints=10", "loss.projector_warmup_steps=3",
+              "optim.projector_lr_mult=10", "optim.warmup_steps=2")
+    whole = main(_argv(data, tmp_path / "whole", *common))
+    torch.manual_seed(0)  # as training.train builds its model: the same seed gives the same initial weights
+    start = SynSeg(get_model_config("synseg-tiny")).state_dict()
+    states = {int(p.stem.split("_")[1]): torch.load(p, weights_only=True) for p in list_checkpoints(tmp_path / "whole")}
+    for step in (1, 2, 3):
+        model = states[step]["model"]
+        assert all(torch.equal(model[k], start[k]) for k in model if k.startswith("decoder.")), step
+        assert any(not torch.equal(model[k], start[k]) for k in model if k.startswith("projector.")), step
+    assert any(not torch.equal(states[4]["model"][k], start[k]) for k in start if k.startswith("decoder."))
+
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)  # a run stopped inside the warm-up, at step 2
+    shutil.copy(list_checkpoints(tmp_path / "whole")[1], out / "checkpoints")
+    resumed = main(_argv(data, out, *common, "--resume"))
+    a, b = _trainable(whole.export_path), _trainable(resumed.export_path)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 10 * RESUME_ATOL, f"resumed weights differ by {worst}"  # rounding grows with the 10x lr
+
+
+def test_projector_warmup_schedule():
+    from training.config import config_from_dict
+    from training.train import build_optimizer, build_scheduler
+
+    cfg = config_from_dict({"model": "synseg-tiny", "data": {"shards": "x", "labels_dir": "y"},
+                            "loss": {"projector_warmup_steps": 4}, "train": {"steps": 14},
+                            "optim": {"lr": 1.0, "warmup_steps": 2, "projector_lr_mult": 10.0}})
+    decoder, projector = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2, 2))
+    optimizer = build_optimizer(cfg, [decoder, projector], [projector])
+    scheduler = build_scheduler(optimizer, cfg)
+    lrs = []
+    for _ in range(14):
+        lrs.append({g["role"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    assert [lr["decoder"] for lr in lrs[:4]] == [0.0] * 4
+    assert [lr["projector"] for lr in lrs[:4]] == [5.0, 10.0, 10.0, 10.0]   # linear warm-up to 10 x lr
+    # then the usual schedule for both, from its own warm-up, over the remaining 10 steps
+    assert [lr["decoder"] for lr in lrs[4:6]] == [0.5, 1.0] and lrs[4]["projector"] == 0.5
+    assert lrs[-1]["decoder"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))

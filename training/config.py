@@ -16,6 +16,7 @@ import yaml
 
 TASKS = ("mccl", "dense_bce")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PROJECTOR_INPUTS = ("conditional", "visual")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,17 @@ class LossConfig:
     #   paper's setting), averaged over pixels and labels. It keeps MCCL from undoing what the dense stage got
     #   right while the caption losses move the maps. 0 = off (paper).
     anchor_weight: float = 0.0
+    # --- MCCL schedule and reading choices (issue 17). The paper states no learning rate, schedule or step
+    # count; these are schedule choices, not changes of the losses.
+    # projector_warmup_steps: the first N steps train the FSS projector alone (the decoder's learning rate is
+    #   0), so that MCCL's first gradients reach the decoder through a fitted projector instead of a random one
+    #   (stage 2 / CLIPSeg never train it). 0 = off (paper).
+    projector_warmup_steps: int = 0
+    # projector_input: what the FSS projector reads. "conditional": the conditional visual vectors (FiLM
+    #   output), as the paper says; "visual": the decoder's label-free token features (the sum of the layer
+    #   reductions, before FiLM), a deviation: with the conditional input the projector can read the label
+    #   from FiLM's shift and meet L_align with any map.
+    projector_input: str = "conditional"
 
 
 @dataclass
@@ -78,6 +90,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     decay_norm_and_bias: bool = False  # also apply weight decay to 1-D parameters (biases, norms)
+    projector_lr_mult: float = 1.0  # the FSS projector's lr multiplier during loss.projector_warmup_steps
 
 
 @dataclass
@@ -256,6 +269,10 @@ def _check_values(cfg: TrainingConfig) -> None:
          "needs two values 0 < low < high < 1")
     need(cfg.loss.area_weight >= 0, "loss.area_weight", "must be >= 0 (0 disables)")
     need(cfg.loss.anchor_weight >= 0, "loss.anchor_weight", "must be >= 0 (0 disables)")
+    need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
+         "must be >= 0 and below train.steps")
+    need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")
+    need(cfg.optim.projector_lr_mult > 0, "optim.projector_lr_mult", "must be positive")
     need(cfg.optim.lr > 0, "optim.lr", "must be positive")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
