@@ -76,6 +76,12 @@ class LossConfig:
     #   reductions, before FiLM), a deviation: with the conditional input the projector can read the label
     #   from FiLM's shift and meet L_align with any map.
     projector_input: str = "conditional"
+    # peak_weight: weight of an extra term L_peak, the mean -log activation over the top `peak_fraction` of
+    #   each real label's map: a label the caption names is somewhere in the image, so its map must pass the
+    #   threshold somewhere. MCCL's cosines ignore a map's scale, so nothing else lifts the map of a label the
+    #   starting model is silent on; a map that already peaks near 1 gets almost no gradient. 0 = off (paper).
+    peak_weight: float = 0.0
+    peak_fraction: float = 0.02  # below the smallest object's share of the image (shapes world: about 2-5%)
 
 
 @dataclass
@@ -273,6 +279,8 @@ def _check_values(cfg: TrainingConfig) -> None:
          "must be >= 0 and below train.steps")
     need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")
     need(cfg.optim.projector_lr_mult > 0, "optim.projector_lr_mult", "must be positive")
+    need(cfg.loss.peak_weight >= 0, "loss.peak_weight", "must be >= 0 (0 disables)")
+    need(0 < cfg.loss.peak_fraction <= 1, "loss.peak_fraction", "must be in (0, 1]")
     need(cfg.optim.lr > 0, "optim.lr", "must be positive")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",

@@ -84,6 +84,8 @@ class MCCLTask(TrainingTask):
         self.sim_clip = tuple(loss.sim_clip)      # stabiliser (config.LossConfig): paper = (0.005, 0.995)
         self.area_weight = loss.area_weight       # stabiliser (config.LossConfig): paper = 0
         self.anchor_weight = loss.anchor_weight   # stabiliser (config.LossConfig): paper = 0
+        self.projector_input = loss.projector_input  # config.LossConfig: paper = "conditional"
+        self.peak_weight, self.peak_fraction = loss.peak_weight, loss.peak_fraction  # stabiliser: paper = 0
         if self.anchor_weight > 0:
             # A frozen copy of the starting decoder and projector; the CLIP is shared, not copied.
             self.anchor = copy.deepcopy(model, memo={id(model.clip): model.clip}).requires_grad_(False).eval()
@@ -98,13 +100,15 @@ class MCCLTask(TrainingTask):
         text = self.label_embeddings(batch)
         activations = self.model.encode_image(batch["image"])
         size = tuple(batch["image"].shape[-2:])
-        out = self.model.decode(activations, text, size, return_synergy=True)
+        out = self.model.decode(activations, text, size, return_synergy=True, synergy_input=self.projector_input)
         # Cosines near the 0.995 clip decide L_cont: compute them in float32 even under autocast.
         parts = mccl_loss(out.fg.float(), out.bg.float(), text, mask=batch["label_mask"],
                           weights=self.weights, clip=self.sim_clip)
         losses = {name: weight * parts[name] for name, weight in zip(MCCL_TERMS, self.weights) if weight > 0}
         if self.area_weight > 0:
             losses["area"] = self.area_weight * self.area_term(out.logits, batch["label_mask"])
+        if self.peak_weight > 0:
+            losses["peak"] = self.peak_weight * self.peak_term(out.logits, batch["label_mask"], self.peak_fraction)
         if self.anchor_weight > 0:
             with torch.no_grad():
                 target = torch.sigmoid(self.anchor.decode(activations, text, size).float())
@@ -119,6 +123,18 @@ class MCCLTask(TrainingTask):
             logits: (B, K, H, W). label_mask: (B, K) bool.
         """
         return _mean_over_labels(torch.sigmoid(logits.float()).mean(dim=(2, 3)), label_mask)
+
+    @staticmethod
+    def peak_term(logits: torch.Tensor, label_mask: torch.Tensor, fraction: float) -> torch.Tensor:
+        """L_peak (a stabiliser, not in the paper): the mean -log activation over each map's top ``fraction``
+        of pixels, averaged over the real labels (log-sigmoid of the logits, for stability).
+
+        Args:
+            logits: (B, K, H, W). label_mask: (B, K) bool.
+        """
+        flat = logits.float().flatten(2)
+        top = flat.topk(max(1, round(fraction * flat.shape[-1])), dim=-1).values
+        return _mean_over_labels(-F.logsigmoid(top).mean(-1), label_mask)
 
     @staticmethod
     def anchor_term(logits: torch.Tensor, target: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
