@@ -302,3 +302,23 @@ def test_diagnose_ranks_the_truth_below_uniform_and_shuffled_maps(tiny_data, wor
     results = diagnose.diagnose(model, scenes, steps=40, lr=3e-3, kinds=kinds)
     assert set(results) == set(kinds)
     assert results["truth"]["total"] < min(results["uniform"]["total"], results["shuffled"]["total"]), results
+
+
+def test_batched_split_score_equals_the_benchmark_evaluation(tiny_data):
+    from synseg_model import default_checkpoint_path, load_checkpoint
+    from training.evaluate import evaluate_model
+    from training.shapes.score import score_split
+
+    model = load_checkpoint(default_checkpoint_path())
+    val = tiny_data / "val"
+    size = model.config.image_size
+    expected = evaluate_model(model, val / "dataset.yaml", val, short_side=size, crop_size=size, stride=size)
+    got = score_split(model, val, seen=["grass", "circle"], batch_size=4)
+    assert got["num_images"] == expected["num_images"] == 6
+    assert got["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert got["aacc"] == pytest.approx(expected["aacc"], abs=1e-9)
+    for name, iou in expected["per_class"].items():
+        assert (iou is None and got["per_class"][name] is None) or got["per_class"][name] == pytest.approx(iou)
+    present = [v for c, v in got["per_class"].items() if v is not None and c in ("grass", "circle")]
+    assert got["miou_seen"] == pytest.approx(np.mean(present))
+    assert 0 < got["act_off"] < got["act_on"] < 1  # a trained model localises what it was trained on

@@ -65,6 +65,10 @@ class LossConfig:
     #   paper's setting), averaged over pixels and labels. It keeps MCCL from undoing what the dense stage got
     #   right while the caption losses move the maps. 0 = off (paper).
     anchor_weight: float = 0.0
+    # anchor_min_peak: apply L_anchor only to the labels whose map in the starting model peaks above this
+    #   (the labels the dense stage already recognises in the image), leaving the others free to be learnt
+    #   from the captions. 0 = every label.
+    anchor_min_peak: float = 0.0
     # --- MCCL schedule and reading choices (issue 17). The paper states no learning rate, schedule or step
     # count; these are schedule choices, not changes of the losses.
     # projector_warmup_steps: the first N steps train the FSS projector alone (the decoder's learning rate is
@@ -174,10 +178,15 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             raise ValueError(f"config key {key!r}: expected a list, got {value!r}")
         (item,) = typing.get_args(kind)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if kind is dict:
+    if kind is dict or origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return value
+        if kind is dict:
+            return value
+        _, item = typing.get_args(kind)
+        if dataclasses.is_dataclass(item):
+            return {str(k): _build(item, v, f"{key}.{k}.") for k, v in value.items()}
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -221,6 +230,18 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         else:
             kwargs[name] = _coerce(value, kind, prefix + name)
     return cls(**kwargs)
+
+
+def build_config(cls: type, values: dict, source: str) -> Any:
+    """Instantiate the config dataclass `cls` from a nested mapping (as `load_config` does for training).
+
+    Raises:
+        ConfigError: an unknown key or a mistyped value, naming `source` and the dotted key.
+    """
+    try:
+        return _build(cls, values, "")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def apply_override(tree: dict, override: str) -> None:
@@ -275,6 +296,7 @@ def _check_values(cfg: TrainingConfig) -> None:
          "needs two values 0 < low < high < 1")
     need(cfg.loss.area_weight >= 0, "loss.area_weight", "must be >= 0 (0 disables)")
     need(cfg.loss.anchor_weight >= 0, "loss.anchor_weight", "must be >= 0 (0 disables)")
+    need(0 <= cfg.loss.anchor_min_peak < 1, "loss.anchor_min_peak", "must be in [0, 1)")
     need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
          "must be >= 0 and below train.steps")
     need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")

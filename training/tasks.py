@@ -84,6 +84,7 @@ class MCCLTask(TrainingTask):
         self.sim_clip = tuple(loss.sim_clip)      # stabiliser (config.LossConfig): paper = (0.005, 0.995)
         self.area_weight = loss.area_weight       # stabiliser (config.LossConfig): paper = 0
         self.anchor_weight = loss.anchor_weight   # stabiliser (config.LossConfig): paper = 0
+        self.anchor_min_peak = loss.anchor_min_peak
         self.projector_input = loss.projector_input  # config.LossConfig: paper = "conditional"
         self.peak_weight, self.peak_fraction = loss.peak_weight, loss.peak_fraction  # stabiliser: paper = 0
         if self.anchor_weight > 0:
@@ -112,7 +113,8 @@ class MCCLTask(TrainingTask):
         if self.anchor_weight > 0:
             with torch.no_grad():
                 target = torch.sigmoid(self.anchor.decode(activations, text, size).float())
-            losses["anchor"] = self.anchor_weight * self.anchor_term(out.logits, target, batch["label_mask"])
+            anchored = batch["label_mask"] & (target.flatten(2).amax(-1) > self.anchor_min_peak)
+            losses["anchor"] = self.anchor_weight * self.anchor_term(out.logits, target, anchored)
         return losses
 
     @staticmethod
