@@ -74,6 +74,7 @@ class PipelineConfig:
     threads: int = 2  # torch threads of every stage
     require_gate: bool = True  # stop after stage 1 when the CLIP fails the zero-shot gate
     stage1: StageSection = field(default_factory=StageSection)
+    stage1_from: str | None = None  # a SynSeg checkpoint whose frozen CLIP stands in for stage 1 (not trained)
     stage2: StageSection = field(default_factory=StageSection)
     stage3: StageSection = field(default_factory=StageSection)
     seeds: list[int] = field(default_factory=lambda: [0])  # stage-3 training seeds (train.seed)

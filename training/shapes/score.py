@@ -17,23 +17,22 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from synseg_model import SynSeg
+from synseg_model import SynSeg, image_to_tensor
 from training.datasets import SegmentationDataset, load_dataset_spec
 from training.evaluate import load_templates
 from training.metrics import ConfusionMatrix
 
 
 @functools.lru_cache(maxsize=4)
-def load_split(root: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """A VOC-layout split as (images (N, 3, S, S) in [0, 1], labels (N, S, S) int64, class names), cached:
-    the pipeline scores many checkpoints on the same split."""
+def load_split(root: str, limit: int | None = None) -> tuple[np.ndarray, torch.Tensor, list[str]]:
+    """A VOC-layout split as (images (N, S, S, 3) uint8, labels (N, S, S) int64, class names), cached: the
+    pipeline scores many checkpoints on the same split."""
     spec = load_dataset_spec(Path(root) / "dataset.yaml")
     data = SegmentationDataset(spec, Path(root), limit=limit)
     images, labels = zip(*(data.load(i) for i in range(len(data))))
     if len({image.shape for image in images}) != 1:
         raise ValueError(f"{root}: images of different sizes; use training.evaluate")
-    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255,
-            torch.from_numpy(np.stack(labels).astype(np.int64)), spec.prompt_names())
+    return np.stack(images), torch.from_numpy(np.stack(labels).astype(np.int64)), spec.prompt_names()
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -52,12 +51,11 @@ def score_split(model: SynSeg, root: Path, seen: Iterable[str] = (), limit: int 
     model.eval()
     try:
         text = model.encode_text(names, load_templates("simple"))
-        mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
-        std = torch.tensor(model.config.std).view(1, 3, 1, 1)
         matrix = ConfusionMatrix(len(names))
         on, off = [], []
         for start in range(0, len(images), batch_size):
-            act = torch.sigmoid(model((images[start:start + batch_size] - mean) / std, text).float())
+            x = image_to_tensor(images[start:start + batch_size], model.config.mean, model.config.std)
+            act = torch.sigmoid(model(x, text).float())
             truth = labels[start:start + batch_size]
             matrix.update(truth, act.argmax(1))
             inside = truth[:, None] == torch.arange(len(names))[None, :, None, None]      # (B, K, H, W)
