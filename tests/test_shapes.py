@@ -246,7 +246,7 @@ def test_three_stages_ci_sized(tmp_path):
     assert end["act_on"] - end["act_off"] > 0.5 * (start["act_on"] - start["act_off"]) > 0, (start, end)
 
     selected = pipeline.stage3("area_low", 0, stage2)  # select: dev keeps the step best on dev
-    curve = json.loads((tmp_path / "stage3/area_low/seed0/dev_selection.json").read_text())["dev_by_step"]
+    curve = json.loads((tmp_path / "stage3/area_low/seed0/dev_curve.json").read_text())
     assert set(curve) == {"0", "5", "10"} and selected.dev_miou == curve[str(selected.step)]["miou"]
     assert selected.dev_miou == max(c["miou"] for c in curve.values()) and selected.checkpoint.is_file()
 

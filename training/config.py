@@ -69,6 +69,16 @@ class LossConfig:
     #   (the labels the dense stage already recognises in the image), leaving the others free to be learnt
     #   from the captions. 0 = every label.
     anchor_min_peak: float = 0.0
+    # absent_weight: weight of an extra term L_absent: for each image, up to `absent_labels` labels of the
+    #   other images of the batch that its own caption does not name (nor a near-synonym: text cosine above
+    #   `absent_max_cosine` with one of its labels) are taken as probably absent, and the top `peak_fraction`
+    #   of their maps is pushed below the threshold (BCE towards 0). MCCL only ever sees the labels an image
+    #   has, so nothing else tells a label's map to stay off images without it. Captions leave things out,
+    #   so a label the starting model recognises in the image (its map peaks above `anchor_min_peak`) is never
+    #   taken as absent. 0 = off (paper).
+    absent_weight: float = 0.0
+    absent_labels: int = 2
+    absent_max_cosine: float = 0.9
     # --- MCCL schedule and reading choices (issue 17). The paper states no learning rate, schedule or step
     # count; these are schedule choices, not changes of the losses.
     # projector_warmup_steps: the first N steps train the FSS projector alone (the decoder's learning rate is
@@ -297,6 +307,9 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.loss.area_weight >= 0, "loss.area_weight", "must be >= 0 (0 disables)")
     need(cfg.loss.anchor_weight >= 0, "loss.anchor_weight", "must be >= 0 (0 disables)")
     need(0 <= cfg.loss.anchor_min_peak < 1, "loss.anchor_min_peak", "must be in [0, 1)")
+    need(cfg.loss.absent_weight >= 0, "loss.absent_weight", "must be >= 0 (0 disables)")
+    need(cfg.loss.absent_labels >= 1, "loss.absent_labels", "must be at least 1")
+    need(-1 <= cfg.loss.absent_max_cosine <= 1, "loss.absent_max_cosine", "must be in [-1, 1]")
     need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
          "must be >= 0 and below train.steps")
     need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")

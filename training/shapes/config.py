@@ -51,6 +51,7 @@ class Variant:
     select: str | None = None  # "dev": keep the step checkpoint with the best dev mIoU
     choose: list[str] | None = None  # this row is the listed variant with the best dev mIoU (no run of its own)
     step_of: str | None = None  # keep the step checkpoint at the step that variant kept
+    dev_curve: bool = False  # score every step checkpoint on dev (dev_curve.json); the run's end is kept
     seeds: int = 1  # run on the first `seeds` of the pipeline's seeds (rows that make a claim: all)
 
 

@@ -249,6 +249,8 @@ class Pipeline:
         run_dir = self.out / name
         if spec.select == "dev":
             return self.select_on_dev(export, init, run_dir)
+        if spec.dev_curve:
+            self.dev_curve(init, run_dir)
         if spec.step_of and self.runs[spec.step_of][seed].step:
             step = self.runs[spec.step_of][seed].step
             logger.info("%s seed %d: step %d, the step kept for %s", variant, seed, step, spec.step_of)
@@ -295,23 +297,28 @@ class Pipeline:
         states = (torch.load(path, map_location="cpu", weights_only=True) for path in list_checkpoints(run_dir))
         return {int(state["step"]): state["model"] for state in states}
 
-    def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> Run:
-        """Among the run's step checkpoints (and its start), the one with the best dev mIoU, saved in the
-        foundation format (``selected.safetensors``); the dev curve goes to ``dev_selection.json``."""
+    def dev_curve(self, init: Path, run_dir: Path) -> tuple[dict[int, dict[str, float]], dict]:
+        """Dev figures of the run's start and of each of its step checkpoints (``dev_curve.json``), and the
+        trainable weights by step."""
         model = load_checkpoint(init)
-        candidates = {0: trainable_state(model), **self.step_states(run_dir)}
+        states = {0: trainable_state(model), **self.step_states(run_dir)}
         curve = {}
-        for step, state in sorted(candidates.items()):
+        for step, state in sorted(states.items()):
             model.load_trainable_state_dict(state, f"{run_dir} step {step}")
             result = self.score(model, self.dev_root)
             curve[step] = {k: result[k] for k in ("miou", "miou_seen", "miou_unseen", "act_on", "act_off")}
+        (run_dir / "dev_curve.json").write_text(json.dumps(curve, indent=1))
+        logger.info("%s: dev mIoU by step %s", run_dir, {k: round(c["miou"], 2) for k, c in curve.items()})
+        return curve, states
+
+    def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> Run:
+        """Among the run's step checkpoints (and its start), the one with the best dev mIoU, saved in the
+        foundation format (``selected.safetensors``); the dev curve goes to ``dev_curve.json``."""
+        curve, states = self.dev_curve(init, run_dir)
         scores = {step: c["miou"] for step, c in curve.items()}
         best = max(scores, key=scores.get)
-        (run_dir / "dev_selection.json").write_text(json.dumps({"dev_by_step": curve, "chosen_step": best},
-                                                               indent=1))
-        logger.info("%s: dev mIoU by step %s -> step %d", run_dir, {k: round(v, 2) for k, v in scores.items()},
-                    best)
-        selected = self.save_selected(init, export, run_dir, best, candidates[best], dev_miou_by_step=scores)
+        logger.info("%s: step %d kept", run_dir, best)
+        selected = self.save_selected(init, export, run_dir, best, states[best], dev_miou_by_step=scores)
         return Run(selected, best, scores[best])
 
     # ------------------------------------------------------------------------------------- evaluation
@@ -406,6 +413,7 @@ class Pipeline:
                                                              "gate", "gate_seed_offset")},
             "world": self.world.spec,
             "stage1": self.stage1_cfg,
+            "stage1_from": self.cfg.stage1_from,  # set: the CLIP came from this checkpoint, trained earlier
             "stage2": stage_config(self.cfg.stage2),
             "stage3": stage_config(self.cfg.stage3) if variant else None,
             "stage3_overrides": [*self.variant_overrides(name), f"train.seed={seed}"] if variant else None,
