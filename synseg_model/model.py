@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import (activation_widths, build_clip, get_tokenizer, token_stride, visual_activations,
-                   visual_depth)
+from .clip import activation_widths, build_clip, get_tokenizer, token_stride, visual_activations, visual_depth
 from .config import SynSegConfig
 from .decoder import Decoder, Projector, synergy_features
 from .pretrained import card_summary, resolve_checkpoint

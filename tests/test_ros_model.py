@@ -34,9 +34,8 @@ MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machi
 @pytest.mark.skipif(not default_checkpoint_path().exists(),
                     reason=f"the offline default model {default_checkpoint_path()} is not trained yet (issue 7)")
 def test_default_model_masks_overlap_the_true_shapes(ros_context, tmp_path):
-    from synseg_ros.msg import SegmentationMasks
-
     from synseg_model import load_checkpoint
+    from synseg_ros.msg import SegmentationMasks
     from training.shapes.generate import generate
 
     scored = set(load_checkpoint(default_checkpoint_path()).model_card["seen_in_stage2"])

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from training.shapes.generate import generate, train_shard_scenes, val_scene
-from training.shapes.render import ShapeSpec, render, sample_scene, shape_mask, hard_negatives
+from training.shapes.render import ShapeSpec, hard_negatives, render, sample_scene, shape_mask
 from training.shapes.world import load_world
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import write_shards, write_sidecars
 
 from synseg_model import SynSeg, get_model_config, load_checkpoint, mccl_loss
-from train_helpers import write_shards, write_sidecars
 from training import tasks
 from training.checkpoint import list_checkpoints
 from training.config import LossConfig

@@ -22,8 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from synseg_model import (SynSeg, SynSegConfig, create_model, get_model_config, load_checkpoint, read_checkpoint,
-                          resolve_checkpoint, save_checkpoint)
+from synseg_model import (
+    SynSeg,
+    SynSegConfig,
+    create_model,
+    get_model_config,
+    load_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainingConfig, load_config

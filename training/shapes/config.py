@@ -102,7 +102,7 @@ def _check(cfg: PipelineConfig) -> None:
         need(bool(v.row), f"{key}.row", "is required (the row's label)")
         need(v.select in (None, "dev"), f"{key}.select", "must be dev or absent")
         need(1 <= v.seeds <= len(cfg.seeds), f"{key}.seeds", f"must be between 1 and {len(cfg.seeds)}")
-        need(v.init in known and v.init != name, f"{key}.init", f"must name stage2 or another variant")
+        need(v.init in known and v.init != name, f"{key}.init", "must name stage2 or another variant")
         for ref_key, ref in (("base", v.base), ("step_of", v.step_of)):
             need(ref is None or (ref in cfg.variants and ref != name), f"{key}.{ref_key}",
                  f"{ref!r} is not another variant")
