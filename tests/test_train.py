@@ -148,6 +148,40 @@ def test_stabiliser_terms_area_and_anchor(tiny_model):
     assert task.training_forward(batch)["anchor"] > losses["anchor"] + 1e-3
 
 
+def test_open_vocabulary_terms_peak_absent_and_confident_anchor(tiny_model):
+    model = copy.deepcopy(tiny_model).eval()
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(3, 3, 64, 64), "labels": [["cat", "dog"], ["cat"], ["tree"]],
+             "label_mask": torch.tensor([[True, True], [True, False], [True, False]])}
+    cache = TextEmbeddingCache(model, ["a photo of a {}."])
+    loss = LossConfig(peak_weight=1.0, peak_fraction=0.05, absent_weight=1.0, absent_labels=2, anchor_weight=1.0,
+                      anchor_min_peak=0.0, absent_max_cosine=1.0, projector_input="visual")
+    task = tasks.create_task("mccl", model, cache, loss).eval()
+    logits = model(batch["image"], cache.batch_embeddings(batch["labels"]))
+    top = logits.flatten(2).topk(round(0.05 * 64 * 64), dim=-1).values                      # (B, K, n)
+    expected = -torch.nn.functional.logsigmoid(top).mean(-1)[batch["label_mask"]].mean()
+    assert torch.allclose(task.training_forward(batch)["peak"], expected, atol=1e-6)
+
+    # Absent: each image gets labels of the others that it does not name (with the cosine bound at 1, only its
+    # own labels are excluded); near-synonyms never count.
+    names, mask = task.absent_candidates(batch["labels"])
+    assert mask.tolist() == [[True, False], [True, True], [True, True]]
+    assert names[0][0] == "tree" and set(names[1]) == {"dog", "tree"} and set(names[2]) == {"cat", "dog"}
+    task.absent_max_cosine = -1.0  # every pair counts as near-synonyms: nothing is absent
+    assert not task.absent_candidates(batch["labels"])[1].any()
+    assert "absent" not in task.training_forward(batch)
+    task.absent_max_cosine = loss.absent_max_cosine
+    # What the starting model recognises in an image (peak above anchor_min_peak) is never taken as absent
+    # (nor anchored below it): at 0 every label is recognised, at 1 none is.
+    losses = task.training_forward(batch)
+    assert losses["absent"] == 0 and losses["anchor"] > 0
+    task.anchor_min_peak = 1.0
+    losses = task.training_forward(batch)
+    assert losses["absent"] > 0 and losses["anchor"] == 0
+    losses["absent"].backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.decoder.parameters())
+
+
 def test_text_cache_encodes_each_label_once(tiny_model):
     calls = []
 

@@ -147,7 +147,7 @@ class MCCLTask(TrainingTask):
         """
         vocabulary = sorted({label for item in labels for label in item})
         unit = F.normalize(self.text_cache.embed(vocabulary).float(), dim=-1)
-        similar = (unit @ unit.T) > self.absent_max_cosine                   # (V, V), diagonal True
+        similar = (unit @ unit.T > self.absent_max_cosine) | torch.eye(len(vocabulary), dtype=torch.bool)
         index = {label: i for i, label in enumerate(vocabulary)}
         names, mask = [], torch.zeros(len(labels), self.absent_labels, dtype=torch.bool)
         for b, own in enumerate(labels):
