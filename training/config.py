@@ -310,8 +310,6 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.loss.absent_weight >= 0, "loss.absent_weight", "must be >= 0 (0 disables)")
     need(cfg.loss.absent_labels >= 1, "loss.absent_labels", "must be at least 1")
     need(-1 <= cfg.loss.absent_max_cosine <= 1, "loss.absent_max_cosine", "must be in [-1, 1]")
-    need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
-         "must be >= 0 and below train.steps")
     need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")
     need(cfg.optim.projector_lr_mult > 0, "optim.projector_lr_mult", "must be positive")
     need(cfg.loss.peak_weight >= 0, "loss.peak_weight", "must be >= 0 (0 disables)")
@@ -326,6 +324,8 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
     run = cfg.train
     need(run.steps >= 1, "train.steps", "must be at least 1")
+    need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
+         "must be >= 0 and below train.steps")
     need(run.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(run.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}")
     need(run.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
@@ -353,25 +353,32 @@ def config_from_dict(values: dict, source: str = "<dict>") -> TrainingConfig:
     return cfg
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping (an empty file reads as {}).
+
+    Raises:
+        ConfigError: the file is missing, not valid YAML, or holds something else at the top level.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainingConfig:
     """Load a training config from YAML (None: defaults) and apply `key=value` overrides.
 
     Raises:
         ConfigError: unreadable file, unknown key, wrong type or out-of-range value, naming file and key.
     """
-    tree: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    tree = {} if path is None else read_yaml_mapping(path)
+    source = "<defaults>" if path is None else str(path)
     for override in overrides:
         try:
             apply_override(tree, override)

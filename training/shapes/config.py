@@ -8,9 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from training.config import ConfigError, apply_override, build_config
+from training.config import ConfigError, apply_override, build_config, read_yaml_mapping
 
 # Rows that are not stage-3 variants: references to them are allowed wherever a variant is named.
 BASE_ROWS = ("untrained", "stage2")
@@ -122,10 +120,7 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | tuple[str, ...
     Raises:
         ConfigError: unreadable file, unknown key, wrong type or dangling reference, naming the key.
     """
-    try:
-        tree = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    tree = read_yaml_mapping(path)
     for override in overrides:
         try:
             apply_override(tree, override)
