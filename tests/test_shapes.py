@@ -236,6 +236,8 @@ def test_three_stages_ci_sized(tmp_path):
     taken, _ = borrowed.stage1()
     assert torch.equal(torch.load(taken)["state_dict"]["visual.conv1.weight"],
                        torch.load(clip_checkpoint, weights_only=False)["state_dict"]["visual.conv1.weight"])
+    written = taken.stat().st_mtime_ns
+    assert borrowed.stage1()[0].stat().st_mtime_ns == written  # the same CLIP is not written again
 
     # Stage 3 with the open-vocabulary recipe does not collapse: from a model that localises (a CI-sized
     # stage 2 does not: its CLIP saw 64 scenes), the maps stay higher on the ground truth than off it.
@@ -244,6 +246,14 @@ def test_three_stages_ci_sized(tmp_path):
     assert run.step is None and _falls(_losses(tmp_path / "stage3/open_vocab/seed0/train.log", r" total=([\d.]+)"))
     end = score_split(load_checkpoint(run.checkpoint), pipeline.test_root)
     assert end["act_on"] - end["act_off"] > 0.5 * (start["act_on"] - start["act_off"]) > 0, (start, end)
+    # --reuse keeps a finished run of the same resolved config, and only that.
+    written = run.checkpoint.stat().st_mtime_ns
+    again = Pipeline(cfg, tmp_path, reuse=True)
+    assert again.stage3("open_vocab", 0, default_checkpoint_path()).checkpoint.stat().st_mtime_ns == written
+    assert again.stage3("open_vocab", 0, default_checkpoint_path()).checkpoint.stat().st_mtime_ns == written
+    assert not again._finished_with(tmp_path / "stage3/open_vocab/seed0", [
+        "--config", str(tmp_path / "stage3/open_vocab/seed0.yaml"), *again.variant_overrides("open_vocab"),
+        "train.seed=1", f"train.out_dir={tmp_path / 'stage3/open_vocab/seed0'}", "train.threads=1"], None)
 
     selected = pipeline.stage3("area_low", 0, stage2)  # select: dev keeps the step best on dev
     curve = json.loads((tmp_path / "stage3/area_low/seed0/dev_curve.json").read_text())

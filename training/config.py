@@ -298,8 +298,9 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
     need(cfg.data.prefetch_factor >= 1, "data.prefetch_factor", "must be at least 1")
     need(len(cfg.loss.weights) == 4, "loss.weights", "needs four weights (align, cont, back, sep)")
-    need(all(w >= 0 for w in cfg.loss.weights) and any(w > 0 for w in cfg.loss.weights),
-         "loss.weights", "must be >= 0 and not all 0")
+    extra_terms = (cfg.loss.area_weight, cfg.loss.peak_weight, cfg.loss.absent_weight, cfg.loss.anchor_weight)
+    need(all(w >= 0 for w in cfg.loss.weights) and any(w > 0 for w in (*cfg.loss.weights, *extra_terms)),
+         "loss.weights", "must be >= 0, and not all 0 unless another loss term is on")
     need(bool(cfg.loss.templates) and all("{}" in t for t in cfg.loss.templates), "loss.templates",
          "needs at least one template, each with a '{}' placeholder")
     need(len(cfg.loss.sim_clip) == 2 and 0 < cfg.loss.sim_clip[0] < cfg.loss.sim_clip[1] < 1, "loss.sim_clip",

@@ -164,8 +164,11 @@ class Pipeline:
         if self.cfg.stage1_from:
             checkpoint = self.out / "stage1" / "from_checkpoint.pt"
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            # open_clip's checkpoint layout, so that the gate and stage 2 read it as a trained stage 1.
-            torch.save({"state_dict": load_checkpoint(self.cfg.stage1_from).clip.state_dict()}, checkpoint)
+            clip = load_checkpoint(self.cfg.stage1_from).clip.state_dict()
+            if not (checkpoint.is_file() and _same_tensors(torch.load(checkpoint)["state_dict"], clip)):
+                # open_clip's checkpoint layout, so that the gate and stage 2 read it as a trained stage 1;
+                # rewritten only when it changes, since later stages are reused only if newer than it.
+                torch.save({"state_dict": clip}, checkpoint)
             logger.info("stage 1: the CLIP of %s (not trained here)", self.cfg.stage1_from)
         else:
             checkpoint = clip_stage.train_clip(self.stage1_cfg, self.data / "train", self.out / "stage1",
@@ -191,10 +194,14 @@ class Pipeline:
     def _train(self, tree: dict[str, Any], name: str, extra: list[str]) -> Path:
         """Run ``python -m training.train`` in-process on a written config; returns its exported model."""
         run_dir = self.out / name
-        if run_dir.exists():  # a stale run's step checkpoints would mix with this one's
-            shutil.rmtree(run_dir)
         config_path = _write_yaml(tree, run_dir.with_name(run_dir.name + ".yaml"))
         argv = ["--config", str(config_path), *extra, f"train.out_dir={run_dir}", f"train.threads={self.cfg.threads}"]
+        export = run_dir / trainer.EXPORT_NAME
+        if self.reuse and self._finished_with(run_dir, argv, tree.get("init_checkpoint")):
+            logger.info("%s: reusing %s (same resolved config, trained after its start)", name, export)
+            return export
+        if run_dir.exists():  # a stale run's step checkpoints would mix with this one's
+            shutil.rmtree(run_dir)
         logger.info("python -m training.train %s", " ".join(argv))
         start = time.perf_counter()
         result = trainer.main(argv)
@@ -202,6 +209,18 @@ class Pipeline:
         if result is None or result.export_path is None:
             raise RuntimeError(f"training run {name} exported no model (see {run_dir}/train.log)")
         return result.export_path
+
+    @staticmethod
+    def _finished_with(run_dir: Path, argv: list[str], init: str | None) -> bool:
+        """Whether ``run_dir`` holds a finished run of this command line (the resolved config training.train
+        wrote equals the one it would write now) that is newer than the model it started from."""
+        export, written = run_dir / trainer.EXPORT_NAME, run_dir / trainer.RESOLVED_CONFIG_NAME
+        if not (export.is_file() and written.is_file()):
+            return False
+        if init and Path(init).is_file() and export.stat().st_mtime <= Path(init).stat().st_mtime:
+            return False
+        args = trainer.get_args_parser().parse_args(argv)
+        return yaml.safe_load(written.read_text()) == load_config(args.config, args.overrides).to_dict()
 
     def stage2(self, clip_checkpoint: Path) -> Path:
         """Dense BCE decoder on the seen classes; returns its exported model (CLIP included)."""
@@ -436,6 +455,10 @@ class Pipeline:
         return path
 
 
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _first_run(row: dict[str, Any]) -> dict[str, Any]:
     return next(iter(row["runs"].values()))
 
@@ -464,8 +487,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pipeline config key (dotted), e.g. data.train=2000; repeatable")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep data, finished stage-1 phases and the stage-2 model already in --out (same "
-                             "settings) instead of redoing them; stage 3 and the evaluation are redone")
+                        help="keep the data, finished stage-1 phases, the stage-2 model and finished stage-3 runs "
+                             "already in --out that were made with the same settings (and after what they start "
+                             "from) instead of redoing them; the evaluation is redone")
     parser.add_argument("--install-default", action="store_true",
                         help="write the model chosen on the dev split to synseg_model/weights/")
     return parser
