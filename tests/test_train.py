@@ -309,3 +309,29 @@ def test_projector_warmup_schedule():
     # then the usual schedule for both, from its own warm-up, over the remaining 10 steps
     assert [lr["decoder"] for lr in lrs[4:6]] == [0.5, 1.0] and lrs[4]["projector"] == 0.5
     assert lrs[-1]["decoder"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_logging_in_process_is_not_doubled(tmp_path):
+    """Run in-process by a caller that already logs to stderr (the shapes pipeline), each line appears once."""
+    import io
+
+    from training.distributed import DistInfo
+    from training.train import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    caller = logging.StreamHandler(stream)
+    root.handlers = [caller]
+    try:
+        info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+        for _ in range(2):                      # two runs in one process
+            setup_logging(tmp_path, info)
+        logging.getLogger("training.train").info("one line")
+        assert stream.getvalue().count("one line") == 1
+        assert [type(h) for h in root.handlers] == [logging.StreamHandler, logging.FileHandler]
+        assert (tmp_path / "train.log").read_text().count("one line") == 1
+    finally:
+        for handler in root.handlers[1:]:
+            handler.close()
+        root.handlers, root.level = saved

@@ -68,7 +68,9 @@ def setup_logging(out_dir: Path, info: DistInfo) -> None:
         root.removeHandler(handler)
         handler.close()
     prefix = "" if info.is_main else f"[rank {info.rank}] "
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    # A caller that runs training in-process (the shapes pipeline) may already log to stderr: not twice.
+    to_stderr = any(type(h) is logging.StreamHandler for h in root.handlers)
+    handlers: list[logging.Handler] = [] if to_stderr else [logging.StreamHandler()]
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(out_dir / "train.log"))
