@@ -29,7 +29,7 @@ ROS2CLI_STAMP := build/ros2cli/.installed
 FASTDDS := FASTDDS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds_loopback.xml
 SANDBOX := scripts/sandbox
 
-.PHONY: setup test test-fast demo shapes clean
+.PHONY: setup lint test test-fast demo shapes clean
 
 setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(ROS2CLI_STAMP))
 
@@ -62,6 +62,10 @@ $(JAZZY_ROS_STAMP): $(JAZZY_STAMP) $(ROS_PACKAGE)
 $(ROS2CLI_STAMP): $(ROS_STAMP) $(wildcard $(ROS2CLI)/wheels/*.whl)
 	bash $(ROS2CLI)/install.sh $(VENV) build/ros2cli
 	touch $@
+
+# pyflakes, pycodestyle errors, import order and bugbear (ruff.toml); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Every test on Kilted, then the ROS tests again on Jazzy.
 test: setup

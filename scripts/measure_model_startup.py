@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from hub_fixtures import write_clipseg_repo  # noqa: E402 - after the path above
-from tests.ros_processes import start_node  # noqa: E402
+
 from synseg_ros.processes import stop, wait_until  # noqa: E402
+from tests.ros_processes import start_node  # noqa: E402
 
 STARTUP_TIMEOUT_S = 600.0
 # transformers' defaults are CLIPSeg's sizes; rd64-refined is the ViT-B/16 one with the refined decoder.

@@ -45,9 +45,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
-    from synseg_ros.msg import SegmentationMasks
 
     from synseg_ros import conversions
+    from synseg_ros.msg import SegmentationMasks
 
     vocabulary = "[" + ", ".join(args.vocabulary.split(",")) + "]"
     ros_args = ["--ros-args", "-r", "image:=/bench/image_raw", "-p", "autostart:=true",

@@ -42,6 +42,7 @@ def _task(labels_per_image: int, batch: int):
 def measure_reader(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from train_helpers import write_shards, write_sidecars
+
     from training.data import ReaderOptions, ShardReader, expand_shards
 
     root = Path(tempfile.mkdtemp())

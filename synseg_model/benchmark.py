@@ -240,7 +240,8 @@ def device_name(device: torch.device) -> str:
 def _base_row(impl: str, backend: str, precision: str, device: torch.device, size: int, k: int,
               args: argparse.Namespace) -> dict:
     return {"impl": impl, "backend": backend, "precision": precision, "device": device.type,
-            "device_name": device_name(device), "size": size, "categories": k, "frame": f"{args.frame[0]}x{args.frame[1]}",
+            "device_name": device_name(device), "size": size, "categories": k,
+            "frame": f"{args.frame[0]}x{args.frame[1]}",
             "warmup": args.warmup, "iters": args.iters, "threads": torch.get_num_threads(),
             "torch": torch.__version__}
 

@@ -16,8 +16,16 @@ import time
 
 from tqdm import tqdm
 
-from .backends import (DEFAULT_MAX_CATEGORIES, PRECISIONS, BackendOptions, BackendUnavailable, SegmentationModule,
-                       agreement_with_eager, build_backend, tensorrt_status)
+from .backends import (
+    DEFAULT_MAX_CATEGORIES,
+    PRECISIONS,
+    BackendOptions,
+    BackendUnavailable,
+    SegmentationModule,
+    agreement_with_eager,
+    build_backend,
+    tensorrt_status,
+)
 from .benchmark import build_model
 from .engine_cache import default_cache_dir
 from .factory import load_checkpoint

@@ -72,6 +72,15 @@ class Decoder(nn.Module):
         return out.reshape(b, k, *out.shape[-2:]), tokens_to_grid(conditional, grid)
 
 
+    def visual_tokens(self, activations: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """The label-free token features: the sum of every layer's reduction, (B, dim, h, w) (CLS dropped).
+
+        What the decoder sees of the image before any text conditions it; an alternative input of the FSS
+        projector (``SynSeg.decode(synergy_input="visual")``).
+        """
+        return tokens_to_grid(sum(reduce(act) for act, reduce in zip(activations[::-1], self.reduces)), grid)
+
+
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(N, 1 + h*w, C) tokens -> (N, C, h, w) maps, dropping the CLS token."""
     return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)

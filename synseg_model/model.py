@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import (activation_widths, build_clip, get_tokenizer, token_stride, visual_activations,
-                   visual_depth)
+from .clip import activation_widths, build_clip, get_tokenizer, token_stride, visual_activations, visual_depth
 from .config import SynSegConfig
 from .decoder import Decoder, Projector, synergy_features
 from .pretrained import card_summary, resolve_checkpoint
@@ -117,8 +116,13 @@ class SynSeg(nn.Module):
         return emb.reshape(len(labels), len(templates), -1).mean(dim=1)
 
     def decode(self, activations: list[torch.Tensor], text: torch.Tensor, image_size: tuple[int, int],
-               return_synergy: bool = False) -> torch.Tensor | SynSegOutput:
-        """Decode cached activations for text (K, D) or (B, K, D); see ``forward``."""
+               return_synergy: bool = False, synergy_input: str = "conditional") -> torch.Tensor | SynSegOutput:
+        """Decode cached activations for text (K, D) or (B, K, D); see ``forward``.
+
+        ``synergy_input`` is what the FSS projector reads: "conditional", the conditional visual vectors
+        (FiLM output, the paper), or "visual", the decoder's label-free token features (a deviation: the
+        projector then cannot read the label from the FiLM shift).
+        """
         b = activations[0].shape[0]
         if text.dim() == 2:
             text = text.expand(b, *text.shape)
@@ -133,7 +137,13 @@ class SynSeg(nn.Module):
         if not return_synergy:
             return logits
         k = text.shape[1]
-        fg, bg = synergy_features(self.projector(conditional), torch.sigmoid(logits.flatten(0, 1)))
+        if synergy_input == "visual":
+            projected = self.projector(self.decoder.visual_tokens(activations, grid)).repeat_interleave(k, dim=0)
+        elif synergy_input == "conditional":
+            projected = self.projector(conditional)
+        else:
+            raise ValueError(f"synergy_input must be 'conditional' or 'visual', got {synergy_input!r}")
+        fg, bg = synergy_features(projected, torch.sigmoid(logits.flatten(0, 1)))
         return SynSegOutput(logits, fg.reshape(b, k, -1), bg.reshape(b, k, -1))
 
     def forward(self, images: torch.Tensor, text: torch.Tensor,

@@ -21,6 +21,7 @@ ROS_PYTHON_DIRS = sorted(str(p) for p in ROS_INSTALL.glob("lib/python3*/site-pac
 sys.path.extend(p for p in ROS_PYTHON_DIRS if p not in sys.path)
 
 from synseg_ros import processes  # noqa: E402 - after the path above
+
 # The `ros2` command line and `launch` (../shared/ros2cli, installed by `make setup` into .venv).
 ROS2CLI_SOURCE = REPO_ROOT.parent / "shared" / "ros2cli"
 ROS2CLI_SETUP = REPO_ROOT / "build" / "ros2cli" / "install" / "local_setup.bash"

@@ -1,8 +1,8 @@
 """Converters: COCO-Stuff 182 -> 171, COCO things -> 1..80, Cityscapes 34 -> 19, on official layouts."""
 import numpy as np
 import pytest
-
 from eval_fixtures import write_label_png, write_rgb
+
 from training.datasets import SegmentationDataset, load_dataset_spec, read_index_png
 from training.datasets.convert import cityscapes_lut, coco_object_lut, coco_stuff_lut, main
 

@@ -7,10 +7,17 @@ import tarfile
 
 import pytest
 import torch
-
 from train_helpers import write_shards, write_sidecars
-from training.data import (DataPosition, ReaderOptions, ShardReader, build_loader, check_sidecars,
-                           expand_shards, shard_name)
+
+from training.data import (
+    DataPosition,
+    ReaderOptions,
+    ShardReader,
+    build_loader,
+    check_sidecars,
+    expand_shards,
+    shard_name,
+)
 
 SIZE = 32
 

@@ -4,11 +4,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_fixtures import DATASETS, DEFAULT_ROOTS, STEMS, class_labels, write_dataset, write_label_png
 from PIL import Image
 
-from eval_fixtures import DATASETS, DEFAULT_ROOTS, STEMS, class_labels, write_dataset, write_label_png
-from training.datasets import (SegmentationDataset, list_datasets, list_template_sets, load_dataset_spec,
-                               load_protocol, load_templates, read_index_png)
+from training.datasets import (
+    SegmentationDataset,
+    list_datasets,
+    list_template_sets,
+    load_dataset_spec,
+    load_protocol,
+    load_templates,
+    read_index_png,
+)
 from training.metrics import IGNORE_INDEX
 
 # (number of classes scored, background scored by bg_thresh, label 0 ignored)

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from eval_fixtures import DATASETS, STEMS, class_labels, write_dataset, write_label_png, write_predictions
+
 from training.datasets import SegmentationDataset, load_dataset_spec
 from training.evaluate import evaluate_model, evaluate_predictions
 from training.inference import labels_from_logits, rescale_keep_ratio, slide_logits, window_boxes

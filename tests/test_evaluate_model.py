@@ -6,10 +6,10 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from eval_fixtures import DEFAULT_ROOTS, STEMS, class_labels, write_dataset, write_label_png, write_predictions
-from training.evaluate import evaluate_model, main
+
 from training.datasets import load_reference_results
+from training.evaluate import evaluate_model, main
 
 SMALL = ["--short-side", "8", "--crop-size", "8", "--stride", "4"]
 

@@ -21,7 +21,9 @@ def test_two_labels_by_hand():
     f = torch.stack([_vec(1, 0), _vec(math.cos(1.0), math.sin(1.0))])[None]   # sim(f0,t0)=1 -> HI
     b = torch.stack([_vec(0, 1), _vec(1, 0)])[None]
     out = mccl_loss(f, b, t)
-    c = lambda x, y: min(max(float(torch.nn.functional.cosine_similarity(x, y, dim=0)), LO), HI)
+    def c(x: torch.Tensor, y: torch.Tensor) -> float:
+        return min(max(float(torch.nn.functional.cosine_similarity(x, y, dim=0)), LO), HI)
+
     f0, f1, b0, b1, t0, t1 = f[0, 0], f[0, 1], b[0, 0], b[0, 1], t[0, 0], t[0, 1]
     align = -(math.log(c(f0, t0)) + math.log(c(f1, t1))) / 2
     cont = -(math.log(1 - c(f0, b0)) + math.log(1 - c(f1, b1))) / 2

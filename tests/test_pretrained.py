@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hub_fixtures import CLIPSEG_COMMIT, CLIPSEG_REPO, repo_snapshot, use_hf_home, write_clipseg_repo
-from synseg_model import (CheckpointError, Segmenter, SynSeg, card_summary, load_hf_clipseg, resolve_checkpoint,
-                          save_checkpoint)
-from synseg_model import pretrained
+
+from synseg_model import (
+    CheckpointError,
+    Segmenter,
+    SynSeg,
+    card_summary,
+    load_hf_clipseg,
+    pretrained,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from synseg_model.weights import HF_CONVERTER_VERSION
 
 pytest.importorskip("transformers")
@@ -182,6 +189,7 @@ def test_training_and_evaluation_accept_hub_names(offline, tmp_path):
 
     from eval_fixtures import write_dataset
     from train_helpers import write_shards, write_sidecars
+
     from training.evaluate import main as evaluate
     from training.train import main as train
 

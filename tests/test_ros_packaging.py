@@ -21,7 +21,7 @@ ROSDEP_KEYS = {"numpy": "python3-numpy", "opencv-python-headless": "python3-open
 def model_requirements() -> set[str]:
     text = (REPO_ROOT / "requirements.txt").read_text()
     section = text.split("# --- model", 1)[1].split("\n# ---", 1)[0]
-    return {re.split(r"[=<>\[ ]", line, 1)[0].lower() for line in section.splitlines()[1:]
+    return {re.split(r"[=<>\[ ]", line, maxsplit=1)[0].lower() for line in section.splitlines()[1:]
             if line.strip() and not line.startswith("#")}
 
 

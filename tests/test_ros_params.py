@@ -10,6 +10,7 @@ from synseg_ros import params
 from synseg_ros.segmenter import FakeSegmenter
 from tests.ros_processes import REPO_ROOT
 
+
 @pytest.mark.parametrize("value, reason", [
     ([], "must not be empty"), (["a", ""], "blank"), (["Chair", "chair "], "duplicate"),
     (["x"] * 2, "duplicate"), ([True, False], "quote them"), ([3, 4], "quote them"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hub_fixtures import use_hf_home, write_clipseg_repo
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from hub_fixtures import use_hf_home, write_clipseg_repo
 from synseg_ros import params
 from synseg_ros.segmenter import FakeSegmenter
 from tests.ros_helpers import Probe, image_msg, stop_node

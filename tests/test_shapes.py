@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from PIL import Image
 
 from training.shapes.generate import generate, train_shard_scenes, val_scene
-from training.shapes.render import ShapeSpec, render, sample_scene, shape_mask, hard_negatives
+from training.shapes.render import ShapeSpec, hard_negatives, render, sample_scene, shape_mask
 from training.shapes.world import load_world
 
 
@@ -179,10 +181,11 @@ def test_gate_auc():
 @pytest.mark.slow
 def test_three_stages_ci_sized(tmp_path):
     """The pipeline's own stage functions at CI size: data, CLIP, dense decoder, MCCL, evaluation."""
-    from synseg_model import load_checkpoint
-    from training.evaluate import evaluate_model
+    from synseg_model import default_checkpoint_path, load_checkpoint
     from training.shapes.clip_stage import register_model_config
-    from training.shapes.pipeline import Pipeline, activation_on_off, load_pipeline_config
+    from training.shapes.config import load_pipeline_config
+    from training.shapes.pipeline import Pipeline, Run
+    from training.shapes.score import score_split
 
     cfg = load_pipeline_config("config/shapes/pipeline.yaml", [
         "data.train=64", "data.val=4", "data.dev=4", "data.gate=6", "data.shard_size=32", "data.workers=1",
@@ -194,13 +197,17 @@ def test_three_stages_ci_sized(tmp_path):
         '"optim.warmup_steps=1", "optim.lr=3e-3", "data.shuffle_buffer=8"]',
         'stage3.overrides=["train.steps=10", "train.batch_size=8", "train.log_every=1", "data.workers=0", '
         '"optim.warmup_steps=1", "optim.lr=1e-3", "data.shuffle_buffer=8", "train.ckpt_every=5"]',
+        "variants.open_vocab.overrides=[loss.projector_warmup_steps=4, optim.projector_lr_mult=10, "
+        "loss.projector_input=visual, loss.peak_weight=1.0, loss.anchor_weight=1.0, loss.anchor_min_peak=0.5]",
+        "variants.warmup.overrides=[loss.projector_warmup_steps=4, optim.projector_lr_mult=10]",
     ])
     pipeline = Pipeline(cfg, tmp_path)
     pipeline.make_data()
     labels = json.loads((tmp_path / "data/labels/00000.json").read_text())
     assert len(labels) == 32 and sum(map(len, labels.values())) > 32  # spaCy labels, joined by key
-    assert Pipeline(cfg, tmp_path, reuse=True)._data_matches(cfg["data"])  # --reuse keeps this data...
-    assert not Pipeline(cfg, tmp_path, reuse=True)._data_matches({**cfg["data"], "seed": 1})  # ...not other
+    assert Pipeline(cfg, tmp_path, reuse=True)._data_matches()  # --reuse keeps this data...
+    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=1))
+    assert not Pipeline(other, tmp_path, reuse=True)._data_matches()  # ...not other data
 
     clip_checkpoint, figures = pipeline.stage1()
     assert clip_checkpoint.is_file() and set(figures["auc"]) == set(pipeline.world.class_names)
@@ -223,62 +230,138 @@ def test_three_stages_ci_sized(tmp_path):
     written = stage2.stat().st_mtime_ns
     assert Pipeline(cfg, tmp_path, reuse=True).stage2(clip_checkpoint) == stage2  # --reuse: not retrained
     assert stage2.stat().st_mtime_ns == written
+    # A stage 1 taken from a checkpoint's CLIP: written in open_clip's layout, gated, the same CLIP.
+    borrowed = Pipeline(dataclasses.replace(cfg, stage1_from=str(stage2)), tmp_path / "borrowed")
+    borrowed.data = pipeline.data
+    taken, _ = borrowed.stage1()
+    assert torch.equal(torch.load(taken)["state_dict"]["visual.conv1.weight"],
+                       torch.load(clip_checkpoint, weights_only=False)["state_dict"]["visual.conv1.weight"])
+    written = taken.stat().st_mtime_ns
+    assert borrowed.stage1()[0].stat().st_mtime_ns == written  # the same CLIP is not written again
 
-    stage3 = pipeline.stage3("paper", stage2)
-    assert _falls(_losses(tmp_path / "stage3/paper/train.log", r" total=([\d.]+)"))
-    selected, dev_miou, step = pipeline.select_on_dev(stage3, stage2, tmp_path / "stage3/paper")
-    curve = json.loads((tmp_path / "stage3/paper/dev_selection.json").read_text())["dev_by_step"]
-    assert set(curve) == {"0", "5", "10"} and dev_miou == curve[str(step)]["miou"]
-    assert dev_miou == max(c["miou"] for c in curve.values()) and selected.is_file()
+    # Stage 3 with the open-vocabulary recipe does not collapse: from a model that localises (a CI-sized
+    # stage 2 does not: its CLIP saw 64 scenes), the maps stay higher on the ground truth than off it.
+    start = score_split(load_checkpoint(default_checkpoint_path()), pipeline.test_root)
+    run = pipeline.stage3("open_vocab", 0, default_checkpoint_path())
+    assert run.step is None and _falls(_losses(tmp_path / "stage3/open_vocab/seed0/train.log", r" total=([\d.]+)"))
+    end = score_split(load_checkpoint(run.checkpoint), pipeline.test_root)
+    assert end["act_on"] - end["act_off"] > 0.5 * (start["act_on"] - start["act_off"]) > 0, (start, end)
+    # --reuse keeps a finished run of the same resolved config, and only that.
+    written = run.checkpoint.stat().st_mtime_ns
+    again = Pipeline(cfg, tmp_path, reuse=True)
+    assert again.stage3("open_vocab", 0, default_checkpoint_path()).checkpoint.stat().st_mtime_ns == written
+    assert again.stage3("open_vocab", 0, default_checkpoint_path()).checkpoint.stat().st_mtime_ns == written
+    assert not again._finished_with(tmp_path / "stage3/open_vocab/seed0", [
+        "--config", str(tmp_path / "stage3/open_vocab/seed0.yaml"), *again.variant_overrides("open_vocab"),
+        "train.seed=1", f"train.out_dir={tmp_path / 'stage3/open_vocab/seed0'}", "train.threads=1"], None)
 
-    # The best recipe is the candidate best on dev; its ablations inherit that candidate's overrides and
-    # keep the step it was chosen at.
+    selected = pipeline.stage3("area_low", 0, stage2)  # select: dev keeps the step best on dev
+    curve = json.loads((tmp_path / "stage3/area_low/seed0/dev_curve.json").read_text())
+    assert set(curve) == {"0", "5", "10"} and selected.dev_miou == curve[str(selected.step)]["miou"]
+    assert selected.dev_miou == max(c["miou"] for c in curve.values()) and selected.checkpoint.is_file()
+
+    # The best recipe is the candidate best on dev over its seeds; its ablations inherit that candidate's
+    # overrides and keep the step it was chosen at, seed by seed.
     with pytest.raises(ValueError, match="must run before it"):
         pipeline.choose("best")
-    pipeline.dev_miou.update(area_low=1.0, area_high=3.0, area_high_slow=2.0)
-    pipeline.selected_step.update(area_low=0, area_high=5, area_high_slow=10)
-    assert pipeline.choose("best") == "area_high" and pipeline.selected_step["best"] == 5
-    high = pipeline.cfg["variants"]["area_high"]["overrides"]
+    pipeline.runs.update(area_low={0: Run(stage2, 0, 1.0)}, area_high={0: Run(stage2, 5, 3.0)},
+                         area_high_slow={0: Run(stage2, 10, 2.0)})
+    assert pipeline.choose("best") == "area_high" and pipeline.runs["best"][0].step == 5
+    high = pipeline.cfg.variants["area_high"].overrides
     assert pipeline.variant_overrides("no_sep") == high + ["loss.weights=[1.0, 1.0, 1.0, 0.0]"]
-    ablation = load_checkpoint(pipeline.stage3("no_sep", stage2))
-    at_5 = pipeline.step_states(tmp_path / "stage3/no_sep")[5]
-    assert ablation.model_card["selected_step"] == 5
-    assert all(torch.equal(ablation.state_dict()[k], v) for k, v in at_5.items())
+    ablation = pipeline.stage3("no_sep", 0, stage2)
+    at_5 = pipeline.step_states(tmp_path / "stage3/no_sep/seed0")[5]
+    assert load_checkpoint(ablation.checkpoint).model_card["selected_step"] == 5 and ablation.step == 5
+    assert all(torch.equal(load_checkpoint(ablation.checkpoint).state_dict()[k], v) for k, v in at_5.items())
 
-    row = pipeline.evaluate_row("paper", stage3)
-    model = load_checkpoint(stage3)  # each figure is that of the split it names, scored directly
-    for split, root in (("test", pipeline.test_root), ("dev", pipeline.dev_root)):
-        settings = row[split]["settings"]
-        direct = evaluate_model(model, settings["spec"], root, limit=settings["limit"],
-                                short_side=settings["short_side"], crop_size=settings["crop_size"],
-                                stride=settings["stride"])
-        assert row[split]["per_class"] == pytest.approx(direct["per_class"])
-        assert row[split]["miou"] == pytest.approx(direct["miou"]) and row[split]["num_images"] == 4
-        activation = activation_on_off(model, root, pipeline.world.class_names, settings["limit"])
-        assert (row[split]["act_on"], row[split]["act_off"]) == pytest.approx(
-            (activation["act_on"], activation["act_off"]))
+    row = pipeline.evaluate_run(run)
+    assert row["test"] == score_split(load_checkpoint(run.checkpoint), pipeline.test_root,
+                                      pipeline.seen_classes)  # each figure is that of the split it names
+    assert row["test"]["num_images"] == row["dev"]["num_images"] == 4
     assert row["test"]["per_class"] != row["dev"]["per_class"]  # two different splits
 
 
-# mIoU points the committed model may lose on freshly generated scenes against the test-split figure in its
-# model card: a 60-image sample of the world scatters by about 2 points (standard deviation, measured over
-# 10 seeds), so a broken model or pipeline, not chance, falls below this.
+def test_pipeline_config_errors_come_before_any_work(tmp_path):
+    from training.config import ConfigError
+    from training.shapes.config import load_pipeline_config
+    from training.shapes.pipeline import Pipeline
+
+    path = "config/shapes/pipeline.yaml"
+    for override, message in (("data.trian=5", "unknown config key 'data.trian'"),
+                              ("variants.paper.sede=3", "unknown config key 'variants.paper.sede'"),
+                              ("variants.paper.seeds=4", "variants.paper.seeds"),
+                              ("variants.no_sep.base=nope", "'nope' is not another variant"),
+                              ("ship.candidates=[stage2, nope]", "unknown rows ['nope']")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_pipeline_config(path, [override])
+    # A variant's training overrides are checked against the training config when the pipeline is built.
+    cfg = load_pipeline_config(path, ['variants.ov_no_sep.overrides=["loss.peek_weight=1"]'])
+    with pytest.raises(ConfigError, match="variants.ov_no_sep: .*unknown config key 'loss.peek_weight'"):
+        Pipeline(cfg, tmp_path)
+    assert not (tmp_path / "data").exists()
+
+
+# mIoU points the committed model may lose on freshly generated scenes against the test-split figures in its
+# model card, for the classes it saw densely in stage 2 and for those it learnt from captions alone. A
+# 60-image sample of the world scatters by SEEN_SD / UNSEEN_SD points (standard deviation over 10 seeds of
+# 60 fresh scenes, measured with the committed model); the margins are three of them, so that a broken model
+# or pipeline, not chance, falls below them.
 FRESH_SCENES = 60
-FRESH_MARGIN = 5.0
+SEEN_SD, UNSEEN_SD = 1.6, 3.6
+FRESH_MARGIN_SEEN, FRESH_MARGIN_UNSEEN = 3 * SEEN_SD, 3 * UNSEEN_SD
 
 
 def test_committed_model_segments_fresh_scenes(tmp_path):
     from synseg_model import default_checkpoint_path, load_checkpoint
-    from training.evaluate import evaluate_model
+    from training.shapes.score import score_split
 
     path = default_checkpoint_path()
     assert path.is_file(), f"the offline default model is missing: {path} (make shapes writes it)"
     assert path.stat().st_size <= 25 * 2**20
     model = load_checkpoint(path)
-    card = model.model_card
+    metrics = model.model_card["metrics"]
     generate(tmp_path, train=0, val=FRESH_SCENES, seed=987_654)  # a seed no training run used
-    size = model.config.image_size
-    result = evaluate_model(model, tmp_path / "val" / "dataset.yaml", tmp_path / "val", short_side=size,
-                            crop_size=size, stride=size)
+    result = score_split(model, tmp_path / "val", model.model_card["seen_in_stage2"])
     assert result["num_images"] == FRESH_SCENES
-    assert result["miou"] >= card["metrics"]["test_miou"] - FRESH_MARGIN, (result["miou"], card["metrics"])
+    assert result["miou_seen"] >= metrics["test_miou_seen"] - FRESH_MARGIN_SEEN, (result, metrics)
+    assert result["miou_unseen"] >= metrics["test_miou_unseen"] - FRESH_MARGIN_UNSEEN, (result, metrics)
+
+
+def test_diagnose_ranks_the_truth_below_uniform_and_shuffled_maps(tiny_data, world):
+    """``python -m training.shapes diagnose``: with the caption labels, a projector fitted to the ground truth
+    reaches a lower MCCL loss than one fitted to uninformative maps."""
+    from synseg_model import default_checkpoint_path, load_checkpoint
+    from training import prepare_labels
+    from training.shapes import diagnose
+
+    model = load_checkpoint(default_checkpoint_path())
+    shards = str(tiny_data / "train" / "*.tar")
+    prepare_labels.main(["--shards", shards, "--out", str(tiny_data / "labels")])
+    present = diagnose.load_scenes(shards, 12, world, model.config.mean, model.config.std)
+    assert all(present.matched[i, :len(labels)].all() for i, labels in enumerate(present.labels))
+    scenes = diagnose.load_scenes(shards, 12, world, model.config.mean, model.config.std, tiny_data / "labels")
+    assert len(scenes.labels) == 12 and scenes.matched.any()
+    kinds = ("truth", "uniform", "shuffled")
+    results = diagnose.diagnose(model, scenes, steps=40, lr=3e-3, kinds=kinds)
+    assert set(results) == set(kinds)
+    assert results["truth"]["total"] < min(results["uniform"]["total"], results["shuffled"]["total"]), results
+
+
+def test_batched_split_score_equals_the_benchmark_evaluation(tiny_data):
+    from synseg_model import default_checkpoint_path, load_checkpoint
+    from training.evaluate import evaluate_model
+    from training.shapes.score import score_split
+
+    model = load_checkpoint(default_checkpoint_path())
+    val = tiny_data / "val"
+    size = model.config.image_size
+    expected = evaluate_model(model, val / "dataset.yaml", val, short_side=size, crop_size=size, stride=size)
+    got = score_split(model, val, seen=["grass", "circle"], batch_size=4)
+    assert got["num_images"] == expected["num_images"] == 6
+    assert got["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert got["aacc"] == pytest.approx(expected["aacc"], abs=1e-9)
+    for name, iou in expected["per_class"].items():
+        assert (iou is None and got["per_class"][name] is None) or got["per_class"][name] == pytest.approx(iou)
+    present = [v for c, v in got["per_class"].items() if v is not None and c in ("grass", "circle")]
+    assert got["miou_seen"] == pytest.approx(np.mean(present))
+    assert 0 < got["act_off"] < got["act_on"] < 1  # a trained model localises what it was trained on

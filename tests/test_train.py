@@ -5,6 +5,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import write_shards, write_sidecars
 
 from synseg_model import SynSeg, get_model_config, load_checkpoint, mccl_loss
-from train_helpers import write_shards, write_sidecars
 from training import tasks
 from training.checkpoint import list_checkpoints
 from training.config import LossConfig
@@ -147,6 +148,40 @@ def test_stabiliser_terms_area_and_anchor(tiny_model):
     assert task.training_forward(batch)["anchor"] > losses["anchor"] + 1e-3
 
 
+def test_open_vocabulary_terms_peak_absent_and_confident_anchor(tiny_model):
+    model = copy.deepcopy(tiny_model).eval()
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(3, 3, 64, 64), "labels": [["cat", "dog"], ["cat"], ["tree"]],
+             "label_mask": torch.tensor([[True, True], [True, False], [True, False]])}
+    cache = TextEmbeddingCache(model, ["a photo of a {}."])
+    loss = LossConfig(peak_weight=1.0, peak_fraction=0.05, absent_weight=1.0, absent_labels=2, anchor_weight=1.0,
+                      anchor_min_peak=0.0, absent_max_cosine=1.0, projector_input="visual")
+    task = tasks.create_task("mccl", model, cache, loss).eval()
+    logits = model(batch["image"], cache.batch_embeddings(batch["labels"]))
+    top = logits.flatten(2).topk(round(0.05 * 64 * 64), dim=-1).values                      # (B, K, n)
+    expected = -torch.nn.functional.logsigmoid(top).mean(-1)[batch["label_mask"]].mean()
+    assert torch.allclose(task.training_forward(batch)["peak"], expected, atol=1e-6)
+
+    # Absent: each image gets labels of the others that it does not name (with the cosine bound at 1, only its
+    # own labels are excluded); near-synonyms never count.
+    names, mask = task.absent_candidates(batch["labels"])
+    assert mask.tolist() == [[True, False], [True, True], [True, True]]
+    assert names[0][0] == "tree" and set(names[1]) == {"dog", "tree"} and set(names[2]) == {"cat", "dog"}
+    task.absent_max_cosine = -1.0  # every pair counts as near-synonyms: nothing is absent
+    assert not task.absent_candidates(batch["labels"])[1].any()
+    assert "absent" not in task.training_forward(batch)
+    task.absent_max_cosine = loss.absent_max_cosine
+    # What the starting model recognises in an image (peak above anchor_min_peak) is never taken as absent
+    # (nor anchored below it): at 0 every label is recognised, at 1 none is.
+    losses = task.training_forward(batch)
+    assert losses["absent"] == 0 and losses["anchor"] > 0
+    task.anchor_min_peak = 1.0
+    losses = task.training_forward(batch)
+    assert losses["absent"] > 0 and losses["anchor"] == 0
+    losses["absent"].backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.decoder.parameters())
+
+
 def test_text_cache_encodes_each_label_once(tiny_model):
     calls = []
 
@@ -230,3 +265,73 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= RESUME_ATOL, f"resumed weights differ by {worst}"
+
+
+def test_projector_warmup_freezes_the_decoder_then_resumes_exactly(data, tmp_path):
+    common = ("train.steps=6", "train.ckpt_every=1", "train.keep_checkpoints=10", "loss.projector_warmup_steps=3",
+              "optim.projector_lr_mult=10", "optim.warmup_steps=2")
+    whole = main(_argv(data, tmp_path / "whole", *common))
+    torch.manual_seed(0)  # as training.train builds its model: the same seed gives the same initial weights
+    start = SynSeg(get_model_config("synseg-tiny")).state_dict()
+    states = {int(p.stem.split("_")[1]): torch.load(p, weights_only=True) for p in list_checkpoints(tmp_path / "whole")}
+    for step in (1, 2, 3):
+        model = states[step]["model"]
+        assert all(torch.equal(model[k], start[k]) for k in model if k.startswith("decoder.")), step
+        assert any(not torch.equal(model[k], start[k]) for k in model if k.startswith("projector.")), step
+    assert any(not torch.equal(states[4]["model"][k], start[k]) for k in start if k.startswith("decoder."))
+
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)  # a run stopped inside the warm-up, at step 2
+    shutil.copy(list_checkpoints(tmp_path / "whole")[1], out / "checkpoints")
+    resumed = main(_argv(data, out, *common, "--resume"))
+    a, b = _trainable(whole.export_path), _trainable(resumed.export_path)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 10 * RESUME_ATOL, f"resumed weights differ by {worst}"  # rounding grows with the 10x lr
+
+
+def test_projector_warmup_schedule():
+    from training.config import config_from_dict
+    from training.train import build_optimizer, build_scheduler
+
+    cfg = config_from_dict({"model": "synseg-tiny", "data": {"shards": "x", "labels_dir": "y"},
+                            "loss": {"projector_warmup_steps": 4}, "train": {"steps": 14},
+                            "optim": {"lr": 1.0, "warmup_steps": 2, "projector_lr_mult": 10.0}})
+    decoder, projector = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2, 2))
+    optimizer = build_optimizer(cfg, [decoder, projector], [projector])
+    scheduler = build_scheduler(optimizer, cfg)
+    lrs = []
+    for _ in range(14):
+        lrs.append({g["role"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    assert [lr["decoder"] for lr in lrs[:4]] == [0.0] * 4
+    assert [lr["projector"] for lr in lrs[:4]] == [5.0, 10.0, 10.0, 10.0]   # linear warm-up to 10 x lr
+    # then the usual schedule for both, from its own warm-up, over the remaining 10 steps
+    assert [lr["decoder"] for lr in lrs[4:6]] == [0.5, 1.0] and lrs[4]["projector"] == 0.5
+    assert lrs[-1]["decoder"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_logging_in_process_is_not_doubled(tmp_path):
+    """Run in-process by a caller that already logs to stderr (the shapes pipeline), each line appears once."""
+    import io
+
+    from training.distributed import DistInfo
+    from training.train import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    caller = logging.StreamHandler(stream)
+    root.handlers = [caller]
+    try:
+        info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+        for _ in range(2):                      # two runs in one process
+            setup_logging(tmp_path, info)
+        logging.getLogger("training.train").info("one line")
+        assert stream.getvalue().count("one line") == 1
+        assert [type(h) for h in root.handlers] == [logging.StreamHandler, logging.FileHandler]
+        assert (tmp_path / "train.log").read_text().count("one line") == 1
+    finally:
+        for handler in root.handlers[1:]:
+            handler.close()
+        root.handlers, root.level = saved

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from train_helpers import write_shards, write_sidecars
 
 from synseg_model import SynSeg, get_model_config
-from train_helpers import write_shards, write_sidecars
 from training.checkpoint import trainable_state
 from training.train import main
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synseg_model import (CheckpointError, SynSeg, create_model, load_checkpoint, load_clipseg_decoder,
-                          save_checkpoint)
+from synseg_model import CheckpointError, SynSeg, create_model, load_checkpoint, load_clipseg_decoder, save_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "clipseg"
 
@@ -92,8 +91,8 @@ def test_truncated_checkpoint_is_named(tiny_model, tmp_path):
 
 
 def test_mismatched_checkpoint_names_key_and_shapes(tiny_model, tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     path = save_checkpoint(tiny_model, tmp_path / "m.safetensors")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()

@@ -16,6 +16,7 @@ import yaml
 
 TASKS = ("mccl", "dense_bce")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PROJECTOR_INPUTS = ("conditional", "visual")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,37 @@ class LossConfig:
     #   paper's setting), averaged over pixels and labels. It keeps MCCL from undoing what the dense stage got
     #   right while the caption losses move the maps. 0 = off (paper).
     anchor_weight: float = 0.0
+    # anchor_min_peak: apply L_anchor only to the labels whose map in the starting model peaks above this
+    #   (the labels the dense stage already recognises in the image), leaving the others free to be learnt
+    #   from the captions. 0 = every label.
+    anchor_min_peak: float = 0.0
+    # absent_weight: weight of an extra term L_absent: for each image, up to `absent_labels` labels of the
+    #   other images of the batch that its own caption does not name (nor a near-synonym: text cosine above
+    #   `absent_max_cosine` with one of its labels) are taken as probably absent, and the top `peak_fraction`
+    #   of their maps is pushed below the threshold (BCE towards 0). MCCL only ever sees the labels an image
+    #   has, so nothing else tells a label's map to stay off images without it. Captions leave things out,
+    #   so a label the starting model recognises in the image (its map peaks above `anchor_min_peak`) is never
+    #   taken as absent. 0 = off (paper).
+    absent_weight: float = 0.0
+    absent_labels: int = 2
+    absent_max_cosine: float = 0.9
+    # --- MCCL schedule and reading choices (issue 17). The paper states no learning rate, schedule or step
+    # count; these are schedule choices, not changes of the losses.
+    # projector_warmup_steps: the first N steps train the FSS projector alone (the decoder's learning rate is
+    #   0), so that MCCL's first gradients reach the decoder through a fitted projector instead of a random one
+    #   (stage 2 / CLIPSeg never train it). 0 = off (paper).
+    projector_warmup_steps: int = 0
+    # projector_input: what the FSS projector reads. "conditional": the conditional visual vectors (FiLM
+    #   output), as the paper says; "visual": the decoder's label-free token features (the sum of the layer
+    #   reductions, before FiLM), a deviation: with the conditional input the projector can read the label
+    #   from FiLM's shift and meet L_align with any map.
+    projector_input: str = "conditional"
+    # peak_weight: weight of an extra term L_peak, the mean -log activation over the top `peak_fraction` of
+    #   each real label's map: a label the caption names is somewhere in the image, so its map must pass the
+    #   threshold somewhere. MCCL's cosines ignore a map's scale, so nothing else lifts the map of a label the
+    #   starting model is silent on; a map that already peaks near 1 gets almost no gradient. 0 = off (paper).
+    peak_weight: float = 0.0
+    peak_fraction: float = 0.02  # below the smallest object's share of the image (shapes world: about 2-5%)
 
 
 @dataclass
@@ -78,6 +110,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     decay_norm_and_bias: bool = False  # also apply weight decay to 1-D parameters (biases, norms)
+    projector_lr_mult: float = 1.0  # the FSS projector's lr multiplier during loss.projector_warmup_steps
 
 
 @dataclass
@@ -155,10 +188,15 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             raise ValueError(f"config key {key!r}: expected a list, got {value!r}")
         (item,) = typing.get_args(kind)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if kind is dict:
+    if kind is dict or origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return value
+        if kind is dict:
+            return value
+        _, item = typing.get_args(kind)
+        if dataclasses.is_dataclass(item):
+            return {str(k): _build(item, v, f"{key}.{k}.") for k, v in value.items()}
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -202,6 +240,18 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         else:
             kwargs[name] = _coerce(value, kind, prefix + name)
     return cls(**kwargs)
+
+
+def build_config(cls: type, values: dict, source: str) -> Any:
+    """Instantiate the config dataclass `cls` from a nested mapping (as `load_config` does for training).
+
+    Raises:
+        ConfigError: an unknown key or a mistyped value, naming `source` and the dotted key.
+    """
+    try:
+        return _build(cls, values, "")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def apply_override(tree: dict, override: str) -> None:
@@ -248,14 +298,23 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
     need(cfg.data.prefetch_factor >= 1, "data.prefetch_factor", "must be at least 1")
     need(len(cfg.loss.weights) == 4, "loss.weights", "needs four weights (align, cont, back, sep)")
-    need(all(w >= 0 for w in cfg.loss.weights) and any(w > 0 for w in cfg.loss.weights),
-         "loss.weights", "must be >= 0 and not all 0")
+    extra_terms = (cfg.loss.area_weight, cfg.loss.peak_weight, cfg.loss.absent_weight, cfg.loss.anchor_weight)
+    need(all(w >= 0 for w in cfg.loss.weights) and any(w > 0 for w in (*cfg.loss.weights, *extra_terms)),
+         "loss.weights", "must be >= 0, and not all 0 unless another loss term is on")
     need(bool(cfg.loss.templates) and all("{}" in t for t in cfg.loss.templates), "loss.templates",
          "needs at least one template, each with a '{}' placeholder")
     need(len(cfg.loss.sim_clip) == 2 and 0 < cfg.loss.sim_clip[0] < cfg.loss.sim_clip[1] < 1, "loss.sim_clip",
          "needs two values 0 < low < high < 1")
     need(cfg.loss.area_weight >= 0, "loss.area_weight", "must be >= 0 (0 disables)")
     need(cfg.loss.anchor_weight >= 0, "loss.anchor_weight", "must be >= 0 (0 disables)")
+    need(0 <= cfg.loss.anchor_min_peak < 1, "loss.anchor_min_peak", "must be in [0, 1)")
+    need(cfg.loss.absent_weight >= 0, "loss.absent_weight", "must be >= 0 (0 disables)")
+    need(cfg.loss.absent_labels >= 1, "loss.absent_labels", "must be at least 1")
+    need(-1 <= cfg.loss.absent_max_cosine <= 1, "loss.absent_max_cosine", "must be in [-1, 1]")
+    need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")
+    need(cfg.optim.projector_lr_mult > 0, "optim.projector_lr_mult", "must be positive")
+    need(cfg.loss.peak_weight >= 0, "loss.peak_weight", "must be >= 0 (0 disables)")
+    need(0 < cfg.loss.peak_fraction <= 1, "loss.peak_fraction", "must be in (0, 1]")
     need(cfg.optim.lr > 0, "optim.lr", "must be positive")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
@@ -266,6 +325,8 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
     run = cfg.train
     need(run.steps >= 1, "train.steps", "must be at least 1")
+    need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
+         "must be >= 0 and below train.steps")
     need(run.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(run.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}")
     need(run.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
@@ -293,25 +354,32 @@ def config_from_dict(values: dict, source: str = "<dict>") -> TrainingConfig:
     return cfg
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping (an empty file reads as {}).
+
+    Raises:
+        ConfigError: the file is missing, not valid YAML, or holds something else at the top level.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainingConfig:
     """Load a training config from YAML (None: defaults) and apply `key=value` overrides.
 
     Raises:
         ConfigError: unreadable file, unknown key, wrong type or out-of-range value, naming file and key.
     """
-    tree: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    tree = {} if path is None else read_yaml_mapping(path)
+    source = "<defaults>" if path is None else str(path)
     for override in overrides:
         try:
             apply_override(tree, override)

@@ -23,9 +23,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.datasets import (CLASS_NAME_VARIANTS, UNLABELED_RULES, DatasetSpec, SegmentationDataset,
-                               list_datasets, list_template_sets, load_dataset_spec, load_protocol,
-                               load_reference_results, load_templates, read_index_png)
+from training.datasets import (
+    CLASS_NAME_VARIANTS,
+    UNLABELED_RULES,
+    DatasetSpec,
+    SegmentationDataset,
+    list_datasets,
+    list_template_sets,
+    load_dataset_spec,
+    load_protocol,
+    load_reference_results,
+    load_templates,
+    read_index_png,
+)
 from training.eval_panels import make_palette, save_panel
 from training.inference import ProtocolPredictor, SlideSettings, SynSegLogits, labels_from_logits
 from training.metrics import IGNORE_INDEX, ConfusionMatrix, SegmentationScores

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .concreteness import ConcretenessConfig, NounConcreteness
+from .config import read_yaml_mapping
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "labels.yaml"
 PERSON_PLACEHOLDER = "<PERSON>"
@@ -66,18 +65,6 @@ class LabelConfig:
     concreteness: ConcretenessConfig
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"label config not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: the top level must be a mapping")
-    return tree
-
-
 def _merge(base: dict, update: dict, cls: type, folder: Path, source: str, prefix: str = "") -> None:
     """Write `update` over `base` for the fields of dataclass `cls`; relative paths resolve from `folder`."""
     hints = typing.get_type_hints(cls)
@@ -105,7 +92,7 @@ def load_label_config(path: str | Path | None = None, overrides: dict | None = N
     tree: dict = {}
     sources = [DEFAULT_CONFIG] + ([Path(path)] if path is not None else [])
     for source in sources:
-        _merge(tree, _read_yaml(source), LabelConfig, source.resolve().parent, str(source))
+        _merge(tree, read_yaml_mapping(source), LabelConfig, source.resolve().parent, str(source))
     source = str(sources[-1])
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     if overrides:

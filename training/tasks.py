@@ -84,13 +84,18 @@ class MCCLTask(TrainingTask):
         self.sim_clip = tuple(loss.sim_clip)      # stabiliser (config.LossConfig): paper = (0.005, 0.995)
         self.area_weight = loss.area_weight       # stabiliser (config.LossConfig): paper = 0
         self.anchor_weight = loss.anchor_weight   # stabiliser (config.LossConfig): paper = 0
-        if self.anchor_weight > 0:
+        self.anchor_min_peak = loss.anchor_min_peak
+        self.absent_weight, self.absent_labels = loss.absent_weight, loss.absent_labels  # stabiliser: paper = 0
+        self.absent_max_cosine = loss.absent_max_cosine
+        self.projector_input = loss.projector_input  # config.LossConfig: paper = "conditional"
+        self.peak_weight, self.peak_fraction = loss.peak_weight, loss.peak_fraction  # stabiliser: paper = 0
+        if self.anchor_weight > 0 or self.absent_weight > 0:
             # A frozen copy of the starting decoder and projector; the CLIP is shared, not copied.
             self.anchor = copy.deepcopy(model, memo={id(model.clip): model.clip}).requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "MCCLTask":
         super().train(mode)
-        if self.anchor_weight > 0:
+        if hasattr(self, "anchor"):
             self.anchor.eval()
         return self
 
@@ -98,18 +103,60 @@ class MCCLTask(TrainingTask):
         text = self.label_embeddings(batch)
         activations = self.model.encode_image(batch["image"])
         size = tuple(batch["image"].shape[-2:])
-        out = self.model.decode(activations, text, size, return_synergy=True)
+        out = self.model.decode(activations, text, size, return_synergy=True, synergy_input=self.projector_input)
         # Cosines near the 0.995 clip decide L_cont: compute them in float32 even under autocast.
         parts = mccl_loss(out.fg.float(), out.bg.float(), text, mask=batch["label_mask"],
                           weights=self.weights, clip=self.sim_clip)
         losses = {name: weight * parts[name] for name, weight in zip(MCCL_TERMS, self.weights) if weight > 0}
         if self.area_weight > 0:
             losses["area"] = self.area_weight * self.area_term(out.logits, batch["label_mask"])
+        if self.peak_weight > 0:
+            losses["peak"] = self.peak_weight * self.peak_term(out.logits, batch["label_mask"], self.peak_fraction)
         if self.anchor_weight > 0:
             with torch.no_grad():
                 target = torch.sigmoid(self.anchor.decode(activations, text, size).float())
-            losses["anchor"] = self.anchor_weight * self.anchor_term(out.logits, target, batch["label_mask"])
+            anchored = batch["label_mask"] & (target.flatten(2).amax(-1) > self.anchor_min_peak)
+            losses["anchor"] = self.anchor_weight * self.anchor_term(out.logits, target, anchored)
+        if self.absent_weight > 0:
+            absent = self.absent_term(batch, activations, size)
+            if absent is not None:
+                losses["absent"] = self.absent_weight * absent
         return losses
+
+    def absent_term(self, batch: dict, activations: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor | None:
+        """L_absent (a stabiliser, not in the paper; config.LossConfig.absent_weight): BCE towards 0 of the top
+        ``peak_fraction`` of the maps of labels taken as absent; None when the batch offers none."""
+        names, mask = self.absent_candidates(batch["labels"])
+        if not mask.any():
+            return None
+        text = self.text_cache.batch_embeddings(names)
+        logits = self.model.decode(activations, text, size)
+        with torch.no_grad():  # what the starting model recognises here is never taken as absent
+            known = torch.sigmoid(self.anchor.decode(activations, text, size).float()).flatten(2).amax(-1)
+        mask = mask.to(logits.device) & (known <= self.anchor_min_peak)
+        flat = logits.float().flatten(2)
+        top = flat.topk(max(1, round(self.peak_fraction * flat.shape[-1])), dim=-1).values
+        return _mean_over_labels(F.softplus(top).mean(-1), mask)
+
+    def absent_candidates(self, labels: list[list[str]]) -> tuple[list[list[str]], torch.Tensor]:
+        """For each image, up to ``absent_labels`` labels of the other images that it does not name, nor a
+        near-synonym of its labels (text cosine above ``absent_max_cosine``), drawn at random.
+
+        Returns:
+            B lists of labels (padded with the image's first label) and a (B, A) bool mask of the real ones.
+        """
+        vocabulary = sorted({label for item in labels for label in item})
+        unit = F.normalize(self.text_cache.embed(vocabulary).float(), dim=-1)
+        similar = (unit @ unit.T > self.absent_max_cosine) | torch.eye(len(vocabulary), dtype=torch.bool)
+        index = {label: i for i, label in enumerate(vocabulary)}
+        names, mask = [], torch.zeros(len(labels), self.absent_labels, dtype=torch.bool)
+        for b, own in enumerate(labels):
+            named = similar[[index[label] for label in own]].any(0)
+            pool = [vocabulary[i] for i in torch.nonzero(~named).flatten().tolist()]
+            chosen = [pool[i] for i in torch.randperm(len(pool))[:self.absent_labels].tolist()]
+            mask[b, :len(chosen)] = True
+            names.append(chosen + own[:1] * (self.absent_labels - len(chosen)))
+        return names, mask
 
     @staticmethod
     def area_term(logits: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
@@ -119,6 +166,18 @@ class MCCLTask(TrainingTask):
             logits: (B, K, H, W). label_mask: (B, K) bool.
         """
         return _mean_over_labels(torch.sigmoid(logits.float()).mean(dim=(2, 3)), label_mask)
+
+    @staticmethod
+    def peak_term(logits: torch.Tensor, label_mask: torch.Tensor, fraction: float) -> torch.Tensor:
+        """L_peak (a stabiliser, not in the paper): the mean -log activation over each map's top ``fraction``
+        of pixels, averaged over the real labels (log-sigmoid of the logits, for stability).
+
+        Args:
+            logits: (B, K, H, W). label_mask: (B, K) bool.
+        """
+        flat = logits.float().flatten(2)
+        top = flat.topk(max(1, round(fraction * flat.shape[-1])), dim=-1).values
+        return _mean_over_labels(-F.logsigmoid(top).mean(-1), label_mask)
 
     @staticmethod
     def anchor_term(logits: torch.Tensor, target: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:

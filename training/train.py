@@ -22,8 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from synseg_model import (SynSeg, SynSegConfig, create_model, get_model_config, load_checkpoint, read_checkpoint,
-                          resolve_checkpoint, save_checkpoint)
+from synseg_model import (
+    SynSeg,
+    SynSegConfig,
+    create_model,
+    get_model_config,
+    load_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainingConfig, load_config
@@ -60,7 +68,9 @@ def setup_logging(out_dir: Path, info: DistInfo) -> None:
         root.removeHandler(handler)
         handler.close()
     prefix = "" if info.is_main else f"[rank {info.rank}] "
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    # A caller that runs training in-process (the shapes pipeline) may already log to stderr: not twice.
+    to_stderr = any(type(h) is logging.StreamHandler for h in root.handlers)
+    handlers: list[logging.Handler] = [] if to_stderr else [logging.StreamHandler()]
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(out_dir / "train.log"))
@@ -121,27 +131,48 @@ def check_before_work(cfg: TrainingConfig, world_size: int) -> tuple[SynSegConfi
     return model_config, urls
 
 
-def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter]) -> torch.optim.AdamW:
-    """AdamW; 1-D parameters (biases, norms) get no weight decay unless `optim.decay_norm_and_bias`."""
-    decay = [p for p in params if p.ndim >= 2 or cfg.optim.decay_norm_and_bias]
-    no_decay = [p for p in params if p.ndim < 2 and not cfg.optim.decay_norm_and_bias]
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter],
+                    projector: list[nn.Parameter] = ()) -> torch.optim.AdamW:
+    """AdamW; 1-D parameters (biases, norms) get no weight decay unless `optim.decay_norm_and_bias`.
+
+    The `projector` parameters get groups of their own (role "projector") so that the projector warm-up can
+    give them another learning rate than the decoder's (`build_scheduler`).
+    """
+    in_projector = {id(p) for p in projector}
+    groups = []
+    for role in ("decoder", "projector"):
+        mine = [p for p in params if (id(p) in in_projector) == (role == "projector")]
+        decay = [p for p in mine if p.ndim >= 2 or cfg.optim.decay_norm_and_bias]
+        no_decay = [p for p in mine if p.ndim < 2 and not cfg.optim.decay_norm_and_bias]
+        groups += [{"params": group, "weight_decay": wd, "role": role}
+                   for group, wd in ((decay, cfg.optim.weight_decay), (no_decay, 0.0)) if group]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `optim.warmup_steps`, then a cosine to `lr * optim.min_lr_ratio` at `train.steps`."""
-    warmup, total, floor = cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio
+    """Linear warm-up over `optim.warmup_steps`, then a cosine to `lr * optim.min_lr_ratio` at `train.steps`.
 
-    def factor(step: int) -> float:
+    With `loss.projector_warmup_steps` = W > 0, the first W steps train only the projector (the decoder's
+    factor is 0, so its weights do not move) at `optim.projector_lr_mult` times the lr, after the same linear
+    warm-up; the usual schedule (warm-up, cosine) then runs over the remaining steps for every parameter.
+    """
+    warmup, total, floor = cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio
+    frozen, mult = cfg.loss.projector_warmup_steps, cfg.optim.projector_lr_mult
+
+    def schedule(step: int, length: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, length - warmup))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def decoder(step: int) -> float:
+        return 0.0 if step < frozen else schedule(step - frozen, total - frozen)
+
+    def projector(step: int) -> float:
+        return mult * min(1.0, (step + 1) / max(1, warmup)) if step < frozen else decoder(step)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [projector if group.get("role") == "projector" else decoder for group in optimizer.param_groups])
 
 
 def select_precision(requested: str, device: torch.device) -> torch.dtype | None:
@@ -207,7 +238,7 @@ class Trainer:
         self.cfg, self.info, self.task, self.out_dir = cfg, info, task, out_dir
         self.model: SynSeg = task.model
         self.params = [p for p in task.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(cfg, self.params)
+        self.optimizer = build_optimizer(cfg, self.params, list(self.model.projector.parameters()))
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.dtype = select_precision(cfg.train.precision, info.device)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.dtype == torch.float16)

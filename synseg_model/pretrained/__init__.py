@@ -198,8 +198,14 @@ def _hub_file(repo: str, filename: str, revision: str | None, label: str, force:
     """The file from the Hugging Face cache, downloaded first when needed (with a progress bar); None when the
     repository has no such file."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, force_download=force))

@@ -3,6 +3,7 @@
     generate  write training shards and held-out splits (training.shapes.generate)
     clip      stage 1 alone: train the small CLIP with open_clip_train on generated shards
     gate      the zero-shot gate of a stage-1 checkpoint on a held-out split
+    diagnose  which maps the MCCL objective prefers, the decoder of a checkpoint frozen
     run       everything, from nothing to the results table (training.shapes.pipeline)
 """
 
@@ -14,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.shapes import clip_stage, gate, generate, pipeline
+from training.shapes import clip_stage, diagnose, gate, generate, pipeline
 from training.shapes.world import load_world
 
 
@@ -59,6 +60,7 @@ COMMANDS = {
     "generate": generate.main,
     "clip": clip_main,
     "gate": gate_main,
+    "diagnose": diagnose.main,
     "run": pipeline.main,
 }
 

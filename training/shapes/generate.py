@@ -222,7 +222,8 @@ def generate(out: Path, train: int, val: int, seed: int, world_path: str | Path 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Generate shapes-world training shards and a VOC-layout held-out split.")
+    parser = argparse.ArgumentParser(
+        description="Generate shapes-world training shards and a VOC-layout held-out split.")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--train", type=int, default=20000, help="training samples (0: none)")
     parser.add_argument("--val", type=int, default=500, help="held-out samples (0: none)")

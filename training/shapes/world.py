@@ -51,6 +51,25 @@ class World:
     def class_index(self, name: str) -> int:
         return self.class_names.index(name)
 
+    def class_of_label(self, label: str) -> str | None:
+        """The class a caption label names, by its last word ("big purple circle" -> circle, "the lawn" ->
+        grass, "wooden plank" -> wood), or None ("person", "photo"). Labels are lemmatised, so the caption
+        words of each class are matched by their last word, singular as well."""
+        words = label.lower().split()
+        return self._head_words().get(words[-1]) if words else None
+
+    def _head_words(self) -> dict[str, str]:
+        heads = {}
+        for name, stuff in self.spec["stuff"].items():
+            for phrase in [name, *stuff["words"]]:
+                last = phrase.lower().split()[-1]
+                heads[last] = name
+                if last.endswith("s") and not last.endswith("ss"):  # "bricks", "planks": labels are singular
+                    heads[last[:-1]] = name
+        for name, shape in self.spec["shapes"].items():
+            heads[name] = heads[shape["plural"]] = name
+        return heads
+
     def __getitem__(self, key: str) -> Any:
         return self.spec[key]
 

@@ -1,0 +1,134 @@
+"""The pipeline's config (``config/shapes/pipeline.yaml``), typed like the training config: dataclasses built
+by ``training.config.build_config``, so an unknown or mistyped key anywhere (variants included) and a dangling
+reference between variants are errors before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.config import ConfigError, apply_override, build_config, read_yaml_mapping
+
+# Rows that are not stage-3 variants: references to them are allowed wherever a variant is named.
+BASE_ROWS = ("untrained", "stage2")
+
+
+@dataclass
+class DataSection:
+    """Generated data: training shards and the held-out test, dev and gate splits."""
+
+    seed: int = 0
+    train: int = 20000  # training scenes (WebDataset shards)
+    val: int = 500  # held-out test split: the numbers of the results table
+    dev: int = 200  # held-out dev split (seed + dev_seed_offset): checkpoint and model choice
+    dev_seed_offset: int = 1000
+    gate: int = 2000  # the stage-1 gate's own split (seed + gate_seed_offset)
+    gate_seed_offset: int = 2000
+    shard_size: int = 1000
+    workers: int = 2  # processes writing shards
+    world: str | None = None  # world YAML; None: config/shapes/world.yaml
+
+
+@dataclass
+class StageSection:
+    """A stage's own config file and `key=value` overrides on top of it."""
+
+    config: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Variant:
+    """A stage-3 row: an MCCL run from `init`, or the best of other rows (`choose`)."""
+
+    row: str = ""  # its label in the results table
+    overrides: list[str] = field(default_factory=list)  # training.train key=value on top of stage3's config
+    base: str | None = None  # start from another variant's overrides
+    init: str = "stage2"  # the starting model: stage2 or another variant
+    select: str | None = None  # "dev": keep the step checkpoint with the best dev mIoU
+    choose: list[str] | None = None  # this row is the listed variant with the best dev mIoU (no run of its own)
+    step_of: str | None = None  # keep the step checkpoint at the step that variant kept
+    dev_curve: bool = False  # score every step checkpoint on dev (dev_curve.json); the run's end is kept
+    seeds: int = 1  # run on the first `seeds` of the pipeline's seeds (rows that make a claim: all)
+
+
+@dataclass
+class ShipSection:
+    candidates: list[str] = field(default_factory=list)  # the default model: the one with the best dev mIoU
+
+
+@dataclass
+class FigureSection:
+    rows: list[str] = field(default_factory=list)  # predictions of these rows; activation maps of the last
+    images: int = 6
+    activation_maps: int = 3
+
+
+@dataclass
+class PipelineConfig:
+    """`python -m training.shapes run`: every setting of the shapes world end to end."""
+
+    data: DataSection = field(default_factory=DataSection)
+    threads: int = 2  # torch threads of every stage
+    require_gate: bool = True  # stop after stage 1 when the CLIP fails the zero-shot gate
+    stage1: StageSection = field(default_factory=StageSection)
+    stage1_from: str | None = None  # a SynSeg checkpoint whose frozen CLIP stands in for stage 1 (not trained)
+    stage2: StageSection = field(default_factory=StageSection)
+    stage3: StageSection = field(default_factory=StageSection)
+    seeds: list[int] = field(default_factory=lambda: [0])  # stage-3 training seeds (train.seed)
+    untrained_seed: int = 0  # row (a): the seed of the freshly initialised decoder
+    evaluation_limit: int | None = None  # score only the first N images of each split (tests)
+    variants: dict[str, Variant] = field(default_factory=dict)
+    ship: ShipSection = field(default_factory=ShipSection)
+    figure: FigureSection = field(default_factory=FigureSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(cfg: PipelineConfig) -> None:
+    """Consistency that types cannot express: references between rows, selections, seed counts."""
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ValueError(f"config key {key!r}: {why}")
+
+    known = set(BASE_ROWS) | set(cfg.variants)
+    need(bool(cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "needs distinct seeds")
+    for name, v in cfg.variants.items():
+        key = f"variants.{name}"
+        need(bool(v.row), f"{key}.row", "is required (the row's label)")
+        need(v.select in (None, "dev"), f"{key}.select", "must be dev or absent")
+        need(1 <= v.seeds <= len(cfg.seeds), f"{key}.seeds", f"must be between 1 and {len(cfg.seeds)}")
+        need(v.init in known and v.init != name, f"{key}.init", "must name stage2 or another variant")
+        for ref_key, ref in (("base", v.base), ("step_of", v.step_of)):
+            need(ref is None or (ref in cfg.variants and ref != name), f"{key}.{ref_key}",
+                 f"{ref!r} is not another variant")
+        if v.choose is not None:
+            need(not v.overrides and v.base is None, f"{key}.choose", "a chosen row has no overrides of its own")
+            for candidate in v.choose:
+                need(candidate in cfg.variants and cfg.variants[candidate].select == "dev", f"{key}.choose",
+                     f"{candidate!r} must be a variant with select: dev")
+    for key, names in (("ship.candidates", cfg.ship.candidates), ("figure.rows", cfg.figure.rows)):
+        unknown = [n for n in names if n not in known]
+        need(not unknown, key, f"unknown rows {unknown}")
+
+
+def load_pipeline_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read the pipeline YAML, apply `key=value` overrides (dotted) and check everything.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or dangling reference, naming the key.
+    """
+    tree = read_yaml_mapping(path)
+    for override in overrides:
+        try:
+            apply_override(tree, override)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    cfg = build_config(PipelineConfig, tree, str(path))
+    try:
+        _check(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
