@@ -1,4 +1,4 @@
-"""``python -m training.shapes {generate,clip,gate,run} ...``: the shapes world's command line.
+"""``python -m training.shapes {generate,clip,gate,diagnose,run} ...``: the shapes world's command line.
 
     generate  write training shards and held-out splits (training.shapes.generate)
     clip      stage 1 alone: train the small CLIP with open_clip_train on generated shards
