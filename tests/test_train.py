@@ -285,8 +285,14 @@ def test_projector_warmup_freezes_the_decoder_then_resumes_exactly(data, tmp_pat
     shutil.copy(list_checkpoints(tmp_path / "whole")[1], out / "checkpoints")
     resumed = main(_argv(data, out, *common, "--resume"))
     a, b = _trainable(whole.export_path), _trainable(resumed.export_path)
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst <= 10 * RESUME_ATOL, f"resumed weights differ by {worst}"  # rounding grows with the 10x lr
+    # A resumed run agrees with the whole one to the last bits of float32, not to all of them: the text cache
+    # encodes the labels it misses in one batch, and a resumed run's first batches group them differently
+    # (1e-7 after one step). Adam divides each update by the root of its second moment, so for a weight whose
+    # gradient is near zero (here the last bias) those bits become 4e-5, 3% of how far it moved. A resume
+    # that restarted the warm-up or lost its schedule would differ by about the whole movement.
+    for k in a:
+        moved = (a[k] - start[k]).abs().max().item()
+        assert (a[k] - b[k]).abs().max().item() <= RESUME_ATOL + 0.05 * moved, (k, moved)
 
 
 def test_projector_warmup_schedule():
