@@ -182,6 +182,26 @@ def test_open_vocabulary_terms_peak_absent_and_confident_anchor(tiny_model):
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.decoder.parameters())
 
 
+def test_relative_peak_pulls_a_label_up_where_it_leads_not_where_its_map_is_highest():
+    """L_peak's relative pixels: where the label's map most exceeds the image's other labels' maps."""
+    logits = torch.full((1, 3, 4, 4), -4.0)
+    logits[0, 0, :2] = 2.0           # label 0 ("circle"): the top half
+    logits[0, 1, :2] = 1.0           # label 1 ("wood"), new: highest on the circle, and leads in the bottom half
+    logits[0, 1, 2:] = -1.0
+    logits[0, 2] = 9.0               # a padding slot: never a rival
+    logits.requires_grad_(True)
+    mask = torch.tensor([[True, True, False]])
+    tasks.MCCLTask.peak_term(logits, mask, 0.5, relative=True).backward()
+    wood = logits.grad[0, 1]
+    assert (wood[2:] < 0).all() and (wood[:2] == 0).all()   # pulled up (descent) in the bottom half only
+    logits.grad = None
+    tasks.MCCLTask.peak_term(logits, mask, 0.5).backward()
+    assert (logits.grad[0, 1, :2] < 0).all() and (logits.grad[0, 1, 2:] == 0).all()   # own highest: the top
+    alone = torch.zeros(1, 2, 2, 2, requires_grad=True)      # a label alone in its image: its own map decides
+    tasks.MCCLTask.peak_term(alone, torch.tensor([[True, False]]), 0.25, relative=True).backward()
+    assert (alone.grad[0, 0] != 0).sum() == 1
+
+
 def test_text_cache_encodes_each_label_once(tiny_model):
     calls = []
 

@@ -96,6 +96,11 @@ class LossConfig:
     #   starting model is silent on; a map that already peaks near 1 gets almost no gradient. 0 = off (paper).
     peak_weight: float = 0.0
     peak_fraction: float = 0.02  # below the smallest object's share of the image (shapes world: about 2-5%)
+    # peak_relative_weight: weight of L_peak on other pixels (a stabiliser, not in the paper): the
+    #   `peak_fraction` where the label's map most exceeds the image's other labels' maps. A new label's own
+    #   highest pixels can lie on another label's region (a background's map starts around the objects);
+    #   these lie where the label is likeliest to be. 0 = off (paper).
+    peak_relative_weight: float = 0.0
 
 
 @dataclass
@@ -298,7 +303,8 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
     need(cfg.data.prefetch_factor >= 1, "data.prefetch_factor", "must be at least 1")
     need(len(cfg.loss.weights) == 4, "loss.weights", "needs four weights (align, cont, back, sep)")
-    extra_terms = (cfg.loss.area_weight, cfg.loss.peak_weight, cfg.loss.absent_weight, cfg.loss.anchor_weight)
+    extra_terms = (cfg.loss.area_weight, cfg.loss.peak_weight, cfg.loss.peak_relative_weight, cfg.loss.absent_weight,
+                   cfg.loss.anchor_weight)
     need(all(w >= 0 for w in cfg.loss.weights) and any(w > 0 for w in (*cfg.loss.weights, *extra_terms)),
          "loss.weights", "must be >= 0, and not all 0 unless another loss term is on")
     need(bool(cfg.loss.templates) and all("{}" in t for t in cfg.loss.templates), "loss.templates",
@@ -314,6 +320,7 @@ def _check_values(cfg: TrainingConfig) -> None:
     need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")
     need(cfg.optim.projector_lr_mult > 0, "optim.projector_lr_mult", "must be positive")
     need(cfg.loss.peak_weight >= 0, "loss.peak_weight", "must be >= 0 (0 disables)")
+    need(cfg.loss.peak_relative_weight >= 0, "loss.peak_relative_weight", "must be >= 0 (0 disables)")
     need(0 < cfg.loss.peak_fraction <= 1, "loss.peak_fraction", "must be in (0, 1]")
     need(cfg.optim.lr > 0, "optim.lr", "must be positive")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")

@@ -89,6 +89,7 @@ class MCCLTask(TrainingTask):
         self.absent_max_cosine = loss.absent_max_cosine
         self.projector_input = loss.projector_input  # config.LossConfig: paper = "conditional"
         self.peak_weight, self.peak_fraction = loss.peak_weight, loss.peak_fraction  # stabiliser: paper = 0
+        self.peak_relative_weight = loss.peak_relative_weight  # stabiliser: paper = 0
         if self.anchor_weight > 0 or self.absent_weight > 0:
             # A frozen copy of the starting decoder and projector; the CLIP is shared, not copied.
             self.anchor = copy.deepcopy(model, memo={id(model.clip): model.clip}).requires_grad_(False).eval()
@@ -112,6 +113,9 @@ class MCCLTask(TrainingTask):
             losses["area"] = self.area_weight * self.area_term(out.logits, batch["label_mask"])
         if self.peak_weight > 0:
             losses["peak"] = self.peak_weight * self.peak_term(out.logits, batch["label_mask"], self.peak_fraction)
+        if self.peak_relative_weight > 0:
+            losses["peak_rel"] = self.peak_relative_weight * self.peak_term(
+                out.logits, batch["label_mask"], self.peak_fraction, relative=True)
         if self.anchor_weight > 0:
             with torch.no_grad():
                 target = torch.sigmoid(self.anchor.decode(activations, text, size).float())
@@ -168,16 +172,29 @@ class MCCLTask(TrainingTask):
         return _mean_over_labels(torch.sigmoid(logits.float()).mean(dim=(2, 3)), label_mask)
 
     @staticmethod
-    def peak_term(logits: torch.Tensor, label_mask: torch.Tensor, fraction: float) -> torch.Tensor:
-        """L_peak (a stabiliser, not in the paper): the mean -log activation over each map's top ``fraction``
-        of pixels, averaged over the real labels (log-sigmoid of the logits, for stability).
+    def peak_term(logits: torch.Tensor, label_mask: torch.Tensor, fraction: float,
+                  relative: bool = False) -> torch.Tensor:
+        """L_peak (a stabiliser, not in the paper): the mean -log activation over ``fraction`` of each map's
+        pixels, averaged over the real labels (log-sigmoid of the logits, for stability). The pixels are the
+        map's highest or, ``relative``, those where it most exceeds the image's other labels' maps.
 
         Args:
             logits: (B, K, H, W). label_mask: (B, K) bool.
         """
         flat = logits.float().flatten(2)
-        top = flat.topk(max(1, round(fraction * flat.shape[-1])), dim=-1).values
-        return _mean_over_labels(-F.logsigmoid(top).mean(-1), label_mask)
+        count = max(1, round(fraction * flat.shape[-1]))
+        if not relative:
+            return _mean_over_labels(-F.logsigmoid(flat.topk(count, dim=-1).values).mean(-1), label_mask)
+        score = flat.detach()
+        others = score.masked_fill(~label_mask[..., None], float("-inf"))
+        best, second = others.topk(2, dim=1).values.unbind(1) if others.shape[1] > 1 else (others[:, 0], None)
+        if second is None:
+            rival = torch.full_like(score, float("-inf"))
+        else:  # the largest map of another label: the second largest where this label's map is the largest
+            rival = torch.where(score >= best[:, None], second[:, None], best[:, None])
+        rival = torch.nan_to_num(rival, neginf=-1e4)  # a label alone in its image: its own map decides
+        chosen = (score - rival).topk(count, dim=-1).indices
+        return _mean_over_labels(-F.logsigmoid(flat.gather(-1, chosen)).mean(-1), label_mask)
 
     @staticmethod
     def anchor_term(logits: torch.Tensor, target: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:

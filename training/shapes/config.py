@@ -55,7 +55,11 @@ class Variant:
 
 @dataclass
 class ShipSection:
-    candidates: list[str] = field(default_factory=list)  # the default model: the one with the best dev mIoU
+    candidates: list[str] = field(default_factory=list)  # the default model: the run best on dev by `metric`
+    metric: str = "miou"  # a score_split figure: miou (the benchmark's argmax) or mask_miou (the node's masks)
+
+
+SHIP_METRICS = ("miou", "mask_miou")
 
 
 @dataclass
@@ -112,6 +116,7 @@ def _check(cfg: PipelineConfig) -> None:
     for key, names in (("ship.candidates", cfg.ship.candidates), ("figure.rows", cfg.figure.rows)):
         unknown = [n for n in names if n not in known]
         need(not unknown, key, f"unknown rows {unknown}")
+    need(cfg.ship.metric in SHIP_METRICS, "ship.metric", f"must be one of {SHIP_METRICS}")
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:

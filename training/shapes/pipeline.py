@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = clip_stage.REPO_ROOT / "config" / "shapes" / "pipeline.yaml"
 RESULTS_JSON = "results.json"
-SUMMARY_METRICS = ("miou", "miou_seen", "miou_unseen", "aacc", "act_on", "act_off")
+SUMMARY_METRICS = ("miou", "miou_seen", "miou_unseen", "aacc", "act_on", "act_off", "mask_miou", "mask_miou_seen",
+                   "mask_miou_unseen")
 
 
 def stage_config(section: StageSection) -> dict[str, Any]:
@@ -220,7 +221,12 @@ class Pipeline:
         if init and Path(init).is_file() and export.stat().st_mtime <= Path(init).stat().st_mtime:
             return False
         args = trainer.get_args_parser().parse_args(argv)
-        return yaml.safe_load(written.read_text()) == load_config(args.config, args.overrides).to_dict()
+        try:  # read back through the config code, so that options added since then compare at their defaults
+            finished = load_config(written).to_dict()
+        except ValueError as exc:  # ConfigError included
+            logger.warning("%s: not reused, its config no longer loads: %s", run_dir, exc)
+            return False
+        return finished == load_config(args.config, args.overrides).to_dict()
 
     def stage2(self, clip_checkpoint: Path) -> Path:
         """Dense BCE decoder on the seen classes; returns its exported model (CLIP included)."""
@@ -381,8 +387,8 @@ class Pipeline:
         shipped = self.choose_default(rows)
         results = {
             "rows": rows, "row_labels": self.row_labels(), "gate": gate_figures, "shipped": shipped,
-            "chosen": self.chosen, "seeds": self.cfg.seeds, "seen_classes": self.seen_classes,
-            "classes": self.world.class_names, "config": self.cfg.to_dict(), "timings_s": self.timings,
+            "ship_metric": self.cfg.ship.metric, "chosen": self.chosen, "seeds": self.cfg.seeds,
+            "seen_classes": self.seen_classes, "classes": self.world.class_names, "config": self.cfg.to_dict(), "timings_s": self.timings,
             "machine": {"cpu_threads": self.cfg.threads, "platform": platform.platform()},
         }
         figure_rows = [(self.row_labels()[n], Path(_first_run(rows[n])["checkpoint"]))
@@ -405,9 +411,10 @@ class Pipeline:
         return labels
 
     def choose_default(self, rows: dict[str, dict[str, Any]]) -> tuple[str, int]:
-        """The run to ship: among the runs of the rows in ``ship.candidates``, the best on dev."""
+        """The run to ship: among the runs of the rows in ``ship.candidates``, the best on dev by
+        ``ship.metric``."""
         runs = [(name, seed) for name in self.cfg.ship.candidates for seed in rows[name]["runs"]]
-        return max(runs, key=lambda r: rows[r[0]]["runs"][r[1]]["dev"]["miou"])
+        return max(runs, key=lambda r: rows[r[0]]["runs"][r[1]]["dev"][self.cfg.ship.metric])
 
     def install_default(self, rows: dict[str, dict[str, Any]], shipped: tuple[str, int],
                         gate_figures: dict[str, Any]) -> Path:
@@ -443,9 +450,13 @@ class Pipeline:
             "metrics": {"test_miou": test["miou"], "test_miou_seen": test["miou_seen"],
                         "test_miou_unseen": test["miou_unseen"], "test_aacc": test["aacc"],
                         "test_per_class_iou": test["per_class"], "dev_miou": run["dev"]["miou"],
+                        "test_mask_miou_seen": test["mask_miou_seen"],
+                        "test_mask_miou_unseen": test["mask_miou_unseen"], "dev_mask_miou": run["dev"]["mask_miou"],
                         "num_test_images": test["num_images"], "row_over_seeds": row["summary"]},
             "evaluation": "one 64-px window per image, sigmoid, argmax over the 11 classes (training.evaluate "
-                          "with short_side = crop_size = stride = 64)",
+                          "with short_side = crop_size = stride = 64); mask_miou: each class's mask "
+                          "activation > 0.5, as the ROS node publishes",
+            "chosen_by": f"dev {self.cfg.ship.metric}",
             # The frozen CLIP travels in float16 (cast back on load) to keep the shipped file small.
             "clip_storage": "float16",
         }

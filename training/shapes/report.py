@@ -24,15 +24,20 @@ def _mean_sd(summary: dict[str, Any], key: str, digits: int = 1) -> str:
     return _fmt(mean, digits) + ("" if sd is None else f" ± {_fmt(sd, digits)}")
 
 
+def _mean_only(summary: dict[str, Any], key: str) -> str:
+    return _fmt(summary[key]["mean"]) if key in summary else "n/a"
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     """The results table (test split; the seeds as columns, then mean ± sd over them), per-class IoUs, the
     gate figures and the timings, as markdown."""
     rows, labels, seeds = results["rows"], results["row_labels"], results["seeds"]
     lines = [
-        "Test split. Per seed: mIoU / seen / unseen mIoU; then mean ± sd over the seeds a row ran on.", "",
+        "Test split. Per seed: mIoU / seen / unseen mIoU; then mean ± sd over the seeds a row ran on. Node "
+        "masks: the mIoU of the masks the ROS node publishes (activation > 0.5), seen / unseen classes.", "",
         "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mIoU | seen mIoU | unseen mIoU | act on GT | "
-        "act off GT | dev mIoU |",
-        "|---|" + "---|" * (len(seeds) + 6),
+        "act off GT | node masks | dev mIoU | dev node masks |",
+        "|---|" + "---|" * (len(seeds) + 8),
     ]
     for name, row in rows.items():
         runs, summary = row["runs"], row["summary"]
@@ -44,7 +49,9 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + " | " + " | ".join(
             _mean_sd(summary, key, digits) for key, digits in (
                 ("test_miou", 1), ("test_miou_seen", 1), ("test_miou_unseen", 1), ("test_act_on", 3),
-                ("test_act_off", 3), ("dev_miou", 1))) + " |")
+                ("test_act_off", 3))) + f" | {_mean_only(summary, 'test_mask_miou_seen')} / "
+            f"{_mean_only(summary, 'test_mask_miou_unseen')} | {_mean_sd(summary, 'dev_miou')} | "
+            f"{_mean_only(summary, 'dev_mask_miou')} |")
     classes = results["classes"]
     seen = set(results["seen_classes"])
     lines += ["", "Per-class IoU (%) on the test split, mean over the row's seeds; * = seen in stage 2.", "",
@@ -63,7 +70,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         + ("passed" if g["passed"] else "FAILED (" + "; ".join(g["failures"]) + ")"), "",
         f"The same CLIP on the {t['num_images']} test images (reported, not decided on): " + ", ".join(
             f"{c} {v:.3f}" for c, v in t["auc"].items()) + f"; min AUC {t['min_auc']:.4f}.", "",
-        f"Shipped as the default model (best dev mIoU among the candidates' runs): {labels[name]}, seed {seed}.",
+        f"Shipped as the default model (best on dev by {results['ship_metric']} among the candidates' runs): "
+        f"{labels[name]}, seed {seed}.",
         "", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_s"].items())]
     return "\n".join(lines) + "\n"
 
