@@ -388,7 +388,8 @@ class Pipeline:
         results = {
             "rows": rows, "row_labels": self.row_labels(), "gate": gate_figures, "shipped": shipped,
             "ship_metric": self.cfg.ship.metric, "chosen": self.chosen, "seeds": self.cfg.seeds,
-            "seen_classes": self.seen_classes, "classes": self.world.class_names, "config": self.cfg.to_dict(), "timings_s": self.timings,
+            "seen_classes": self.seen_classes, "classes": self.world.class_names, "config": self.cfg.to_dict(),
+            "timings_s": self.timings,
             "machine": {"cpu_threads": self.cfg.threads, "platform": platform.platform()},
         }
         figure_rows = [(self.row_labels()[n], Path(_first_run(rows[n])["checkpoint"]))
