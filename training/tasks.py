@@ -139,7 +139,7 @@ class MCCLTask(TrainingTask):
             known = torch.sigmoid(self.anchor.decode(activations, text, size).float()).flatten(2).amax(-1)
         mask = mask.to(logits.device) & (known <= self.anchor_min_peak)
         flat = logits.float().flatten(2)
-        top = flat.topk(max(1, round(self.peak_fraction * flat.shape[-1])), dim=-1).values
+        top = flat.topk(_pixel_count(flat, self.peak_fraction), dim=-1).values
         return _mean_over_labels(F.softplus(top).mean(-1), mask)
 
     def absent_candidates(self, labels: list[list[str]]) -> tuple[list[list[str]], torch.Tensor]:
@@ -182,18 +182,15 @@ class MCCLTask(TrainingTask):
             logits: (B, K, H, W). label_mask: (B, K) bool.
         """
         flat = logits.float().flatten(2)
-        count = max(1, round(fraction * flat.shape[-1]))
-        if not relative:
-            return _mean_over_labels(-F.logsigmoid(flat.topk(count, dim=-1).values).mean(-1), label_mask)
         score = flat.detach()
-        others = score.masked_fill(~label_mask[..., None], float("-inf"))
-        best, second = others.topk(2, dim=1).values.unbind(1) if others.shape[1] > 1 else (others[:, 0], None)
-        if second is None:
-            rival = torch.full_like(score, float("-inf"))
-        else:  # the largest map of another label: the second largest where this label's map is the largest
-            rival = torch.where(score >= best[:, None], second[:, None], best[:, None])
-        rival = torch.nan_to_num(rival, neginf=-1e4)  # a label alone in its image: its own map decides
-        chosen = (score - rival).topk(count, dim=-1).indices
+        if relative:
+            # The largest map of another real label (a slot that never leads pads a lone label): the second
+            # largest where this label's map is the largest. Alone in its image, a label's own map decides.
+            maps = score.masked_fill(~label_mask[..., None], float("-inf"))
+            best, second = torch.cat([maps, torch.full_like(maps[:, :1], float("-inf"))], 1).topk(2, 1).values.unbind(1)
+            rival = torch.where(score >= best[:, None], second[:, None], best[:, None]).clamp(min=-1e4)
+            score = score - rival
+        chosen = score.topk(_pixel_count(flat, fraction), dim=-1).indices
         return _mean_over_labels(-F.logsigmoid(flat.gather(-1, chosen)).mean(-1), label_mask)
 
     @staticmethod
@@ -205,6 +202,11 @@ class MCCLTask(TrainingTask):
         """
         per_map = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(2, 3))
         return _mean_over_labels(per_map, label_mask)
+
+
+def _pixel_count(flat: torch.Tensor, fraction: float) -> int:
+    """How many of a flattened map's pixels ``fraction`` is (at least one)."""
+    return max(1, round(fraction * flat.shape[-1]))
 
 
 def _mean_over_labels(per_map: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:

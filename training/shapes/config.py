@@ -53,13 +53,13 @@ class Variant:
     seeds: int = 1  # run on the first `seeds` of the pipeline's seeds (rows that make a claim: all)
 
 
+SHIP_METRICS = ("miou", "mask_miou")
+
+
 @dataclass
 class ShipSection:
     candidates: list[str] = field(default_factory=list)  # the default model: the run best on dev by `metric`
     metric: str = "miou"  # a score_split figure: miou (the benchmark's argmax) or mask_miou (the node's masks)
-
-
-SHIP_METRICS = ("miou", "mask_miou")
 
 
 @dataclass

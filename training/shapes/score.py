@@ -75,8 +75,8 @@ def score_split(model: SynSeg, root: Path, seen: Iterable[str] = (), limit: int 
     scores = matrix.compute()
     per_class = {name: None if np.isnan(iou) else 100 * float(iou) for name, iou in zip(names, scores.iou)}
     seen = set(seen)
-    present = labels[:, None] == torch.arange(len(names))[None, :, None, None]
-    mask_iou = {name: 100 * float(mask_inter[k] / mask_union[k]) if present[:, k].any() else None
+    present = set(labels.unique().tolist())
+    mask_iou = {name: 100 * float(mask_inter[k] / mask_union[k]) if k in present else None
                 for k, name in enumerate(names)}
     return {"miou": 100 * scores.miou, "aacc": 100 * scores.aacc, "per_class": per_class,
             "miou_seen": _mean(v for c, v in per_class.items() if c in seen),
