@@ -572,7 +572,6 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         exit_code[0] = max(exit_code[0], code)
         done.set()
 
-    # Kept to the end of the process: a late signal must not interrupt the interpreter's own exit either.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -597,6 +596,11 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         return exit_code[0]
     finally:
         rclpy.try_shutdown()
+        # The node is gone and the process only exits from here. Python puts back the default action (death
+        # by the signal) of its own handlers while it finalises; ignored signals stay ignored, so a late one
+        # cannot turn the exit code into -2.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:

@@ -290,6 +290,28 @@ def test_incompatible_image_publisher_is_named_once_the_graph_knows_it(ros_conte
     assert "image_reliability" in text              # the warning says how to fix it
 
 
+def test_a_stream_of_interrupts_ends_the_node_with_0(ros_context, tmp_path):
+    """SIGINT every 5 ms until the process ends (a held Ctrl-C, several supervisors): one of them lands while
+    the interpreter finalises, where Python has put back the default action (death by SIGINT, -2)."""
+    log = tmp_path / "node.log"
+    proc = start_node(FAKE_NODE, ["--ros-args", "-r", "__ns:=/held", "-p", "autostart:=true",
+                                  "-p", "vocabulary:=[red]"], log)
+    probe = Probe("probe_held", "/held/image", {}, target="/held/synseg")
+    try:
+        probe.wait_for_node()
+        deadline = time.monotonic() + TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.005)
+        code = proc.wait(TIMEOUT_S)
+    finally:
+        probe.close()
+        stop_node(proc)
+        print(log.read_text())
+    assert code == 0, code
+    assert "Traceback" not in log.read_text()
+
+
 def test_interrupts_while_segmenting_end_the_node_cleanly(ros_context, tmp_path):
     """SIGINT while the model is busy, then a second one during shutdown (what `timeout -s INT` or a
     non-interactive `ros2 launch` sends to the process group): exit 0, no error after shutdown began, no
