@@ -118,6 +118,7 @@ def test_parameter_file_alone_keeps_its_values_and_ros2_param_explains_rejection
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 @needs_ros2
 def test_arguments_override_the_parameter_file_in_a_namespace(tmp_path):
     other = tmp_path / "other.safetensors"
