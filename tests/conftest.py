@@ -17,6 +17,11 @@ import synseg_model
 from synseg_model import SynSeg, create_model
 from tests.ros_processes import FASTDDS_PROFILE, FASTDDS_PROFILE_VARIABLE, ROS_INSTALL, ROS_PYTHON_DIRS
 
+# One thread per process: the tests' models are tiny, and with two threads OpenMP's waiting made single tests
+# 5-20x slower on a loaded 2-core machine (1.4 s -> 13 s). Processes the tests start inherit the variable.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A test slower than this on the development machine (2 shared cores) is marked `slow`, so that
 # `make test-fast` skips it; the summary names unmarked tests that exceed it.
 SLOW_S = 10.0
