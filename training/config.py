@@ -205,6 +205,8 @@ class TrainingConfig:
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     """Check `value` against the annotation `kind`, converting YAML strings where that is unambiguous."""
+    if kind is Any:
+        return value
     origin = typing.get_origin(kind)
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
