@@ -51,12 +51,11 @@ class StageSection:
 
 @dataclass
 class Variant:
-    """A stage-3 row: an MCCL run from `init`, or the best of other rows (`choose`)."""
+    """A stage-3 row: an MCCL run from the stage-2 model, or the best of other rows (`choose`)."""
 
     row: str = ""  # its label in the results table
     overrides: list[str] = field(default_factory=list)  # training.train key=value on top of stage3's config
     base: str | None = None  # start from another variant's overrides
-    init: str = "stage2"  # the starting model: stage2 or another variant
     select: str | None = None  # "dev": keep the step checkpoint with the best dev mIoU
     choose: list[str] | None = None  # this row is the listed variant with the best dev mIoU (no run of its own)
     step_of: str | None = None  # keep the step checkpoint at the step that variant kept
@@ -93,7 +92,6 @@ class PipelineConfig:
     stage3: StageSection = field(default_factory=StageSection)
     seeds: list[int] = field(default_factory=lambda: [0])  # stage-3 training seeds (train.seed)
     untrained_seed: int = 0  # row (a): the seed of the freshly initialised decoder
-    evaluation_limit: int | None = None  # score only the first N images of each split (tests)
     variants: dict[str, Variant] = field(default_factory=dict)
     ship: ShipSection = field(default_factory=ShipSection)
     figure: FigureSection = field(default_factory=FigureSection)
@@ -148,7 +146,6 @@ def _check(cfg: PipelineConfig) -> None:
         need(bool(v.row), f"{key}.row", "is required (the row's label)")
         need(v.select in (None, "dev"), f"{key}.select", "must be dev or absent")
         need(1 <= v.seeds <= len(cfg.seeds), f"{key}.seeds", f"must be between 1 and {len(cfg.seeds)}")
-        need(v.init in known and v.init != name, f"{key}.init", "must name stage2 or another variant")
         for ref_key, ref in (("base", v.base), ("step_of", v.step_of)):
             need(ref is None or (ref in cfg.variants and ref != name), f"{key}.{ref_key}",
                  f"{ref!r} is not another variant")

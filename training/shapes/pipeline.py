@@ -61,12 +61,12 @@ class Pipeline:
         self.variants = Variants(cfg, self.training, lambda model: self.score(model, self.folders.dev))
         stage2 = self.training.check({name: self.variants.overrides(name) for name, spec in cfg.variants.items()
                                       if not spec.choose})
-        self.seen_classes: list[str] | None = stage2.data.classes  # None: stage 2 saw every class
+        self.seen_classes: list[str] = stage2.data.classes or self.world.class_names  # what stage 2 trained on
         self.timings: dict[str, float] = {}
 
     def score(self, model: SynSeg, root: Path) -> dict[str, Any]:
         """``training.shapes.score.score_split`` on a split, seen / unseen by stage 2's classes."""
-        return score_split(model, root, self.seen_classes, self.cfg.evaluation_limit)
+        return score_split(model, root, self.seen_classes)
 
     def make_data(self) -> None:
         """The data stage (``data_stage.make_data``); new training data means nothing later is reused."""
@@ -99,8 +99,8 @@ class Pipeline:
                               "stage2": {first: Run(stage2_model)}}
         self.variants.run_all()
         tick = time.perf_counter()
-        rows = {name: summarise({seed: evaluate_run(run, self.folders.test, self.folders.dev, self.seen_classes,
-                                                     self.cfg.evaluation_limit) for seed, run in runs.items()})
+        rows = {name: summarise({seed: evaluate_run(run, self.folders.test, self.folders.dev, self.seen_classes)
+                                 for seed, run in runs.items()})
                 for name, runs in self.variants.runs.items()}
         self.timings["evaluation"] = time.perf_counter() - tick
         shipped = choose_default(rows, self.cfg.ship)

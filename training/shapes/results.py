@@ -16,11 +16,11 @@ SUMMARY_METRICS = ("miou", "miou_seen", "miou_unseen", "aacc", "act_on", "act_of
                    "mask_miou_unseen")
 
 
-def evaluate_run(run: Run, test: Path, dev: Path, seen: list[str], limit: int | None = None) -> dict[str, Any]:
+def evaluate_run(run: Run, test: Path, dev: Path, seen: list[str]) -> dict[str, Any]:
     """Test and dev results of one run (``training.shapes.score.score_split``; seen / unseen by ``seen``)."""
     model = load_checkpoint(run.checkpoint)
     return {"checkpoint": str(run.checkpoint), "selected_step": run.step,
-            "test": score_split(model, test, seen, limit), "dev": score_split(model, dev, seen, limit),
+            "test": score_split(model, test, seen), "dev": score_split(model, dev, seen),
             "model_card": model.model_card}
 
 

@@ -59,16 +59,13 @@ class Variants:
         return self.cfg.seeds[:count]
 
     def run_all(self) -> None:
-        """Every variant, in table order, on its seeds (``runs`` must hold the rows they start from)."""
-        first = self.cfg.seeds[0]
+        """Every variant, in table order, on its seeds, from the stage-2 model (``runs["stage2"]``)."""
+        stage2 = next(iter(self.runs["stage2"].values())).checkpoint
         for variant, spec in self.cfg.variants.items():
             if spec.choose:
                 self.choose(variant)
                 continue
-            self.runs[variant] = {}
-            for seed in self.seeds_of(variant):
-                init = self.runs[spec.init][first if spec.init in ("stage2", "untrained") else seed]
-                self.runs[variant][seed] = self.run(variant, seed, init.checkpoint)
+            self.runs[variant] = {seed: self.run(variant, seed, stage2) for seed in self.seeds_of(variant)}
 
     def run(self, variant: str, seed: int, init: Path) -> Run:
         """One variant on one training seed, from ``init``, with the step its ``select`` or ``step_of`` keeps."""
