@@ -99,7 +99,6 @@ def test_vit_b16_parameter_count():
     assert abs(total - 151e6) <= 1e6, total
 
 
-@pytest.mark.slow
 def test_resnet_clip_tower():
     """CLIP's ResNet towers feed the same decoder: stages on one token grid, widths per stage, any input size."""
     from synseg_model.backends import SegmentationModule, export_program

@@ -427,7 +427,6 @@ def test_committed_model_segments_fresh_scenes(tmp_path):
     assert result["miou_unseen"] >= metrics["test_miou_unseen"] - FRESH_MARGIN_UNSEEN, (result, metrics)
 
 
-@pytest.mark.slow
 def test_diagnose_ranks_the_truth_below_uniform_and_shuffled_maps(tiny_data, world):
     """``python -m training.shapes diagnose``: with the caption labels, a projector fitted to the ground truth
     reaches a lower MCCL loss than one fitted to uninformative maps."""
