@@ -129,7 +129,7 @@ def _check(cfg: LabelConfig, source: str) -> None:
     need(isinstance(c.sense_prior, (int, float)) and c.sense_prior >= 0, "concreteness.sense_prior", "must be >= 0")
     need(isinstance(c.min_concrete_share, (int, float)) and 0 <= c.min_concrete_share <= 1,
          "concreteness.min_concrete_share", "must be in [0, 1]")
-    for key in ("concrete", "abstract", "keep"):
+    for key in ("concrete", "abstract", "keep", "drop"):
         need(isinstance(getattr(c, key), list), f"concreteness.{key}", "must be a list")
     lang = cfg.language
     need(isinstance(lang.enabled, bool), "language.enabled", "must be true or false")
