@@ -14,7 +14,7 @@ model, per frame: the node's own cost).
 Both processes use config/fastdds_loopback.xml (16 MB shared-memory segment) unless
 FASTDDS_DEFAULT_PROFILES_FILE names another profile.
 
---model none runs the node on the fake segmenter (synseg_ros.segmenter: each label's map is a colour
+--model none runs the node on the fake segmenter (synseg_ros.fake_node: each label's map is a colour
 channel), whose time is the model stage; the overhead figure leaves it out.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "-p", "diagnostics_period:=0.5"]
     if args.checkpoint:
         ros_args += ["-p", f"checkpoint:={args.checkpoint}"]
-    module = "synseg_ros.segmenter" if args.model == "none" else "synseg_ros.node"
+    module = "synseg_ros.fake_node" if args.model == "none" else "synseg_ros.node"
     proc = start_module(module, ros_args, args.log, cwd=ROOT)
     arrivals: dict[tuple[int, int], float] = {}
     diagnostics: list[dict[str, str]] = []

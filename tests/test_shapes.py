@@ -198,9 +198,9 @@ def test_three_stages_ci_sized(tmp_path):
         '"optim.warmup_steps=1", "optim.lr=3e-3", "data.shuffle_buffer=8"]',
         'stage3.overrides=["train.steps=10", "train.batch_size=8", "train.log_every=1", "data.workers=0", '
         '"optim.warmup_steps=1", "optim.lr=1e-3", "data.shuffle_buffer=8", "train.ckpt_every=5"]',
-        "variants.open_vocab.overrides=[loss.projector_warmup_steps=4, optim.projector_lr_mult=10, "
-        "loss.projector_input=visual, loss.peak_weight=1.0, loss.anchor_weight=1.0, loss.anchor_min_peak=0.5]",
-        "variants.warmup.overrides=[loss.projector_warmup_steps=4, optim.projector_lr_mult=10]",
+        'variants.open_vocab.overrides=["optim.projector_warmup={steps: 4, lr_mult: 10}", '
+        '"loss.mccl.projector_input=visual", "loss.peak={weight: 1.0}", "loss.anchor={weight: 1.0, min_peak: 0.5}"]',
+        'variants.warmup.overrides=["optim.projector_warmup={steps: 4, lr_mult: 10}"]',
     ])
     pipeline = Pipeline(cfg, tmp_path)
     pipeline.make_data()
@@ -260,7 +260,7 @@ def test_three_stages_ci_sized(tmp_path):
     again = Pipeline(cfg, tmp_path, reuse=True)
     resolved = tmp_path / "stage3/open_vocab/seed0/config.yaml"
     tree = yaml.safe_load(resolved.read_text())
-    del tree["loss"]["peak_relative_weight"]
+    del tree["loss"]["peak_relative"]
     resolved.write_text(yaml.safe_dump(tree))
     assert again.stage3("open_vocab", 0, init).checkpoint.stat().st_mtime_ns == written
     assert not again._finished_with(tmp_path / "stage3/open_vocab/seed0", [
@@ -280,7 +280,7 @@ def test_three_stages_ci_sized(tmp_path):
                          area_high_slow={0: Run(stage2, 10, 2.0)})
     assert pipeline.choose("best") == "area_high" and pipeline.runs["best"][0].step == 5
     high = pipeline.cfg.variants["area_high"].overrides
-    assert pipeline.variant_overrides("no_sep") == high + ["loss.weights=[1.0, 1.0, 1.0, 0.0]"]
+    assert pipeline.variant_overrides("no_sep") == high + ["loss.mccl.sep=0.0"]
     ablation = pipeline.stage3("no_sep", 0, stage2)
     at_5 = pipeline.step_states(tmp_path / "stage3/no_sep/seed0")[5]
     assert load_checkpoint(ablation.checkpoint).model_card["selected_step"] == 5 and ablation.step == 5
@@ -308,10 +308,69 @@ def test_pipeline_config_errors_come_before_any_work(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_pipeline_config(path, [override])
     # A variant's training overrides are checked against the training config when the pipeline is built.
-    cfg = load_pipeline_config(path, ['variants.ov_no_sep.overrides=["loss.peek_weight=1"]'])
-    with pytest.raises(ConfigError, match="variants.ov_no_sep: .*unknown config key 'loss.peek_weight'"):
+    cfg = load_pipeline_config(path, ['variants.ov_no_sep.overrides=["loss.peek={weight: 1}"]'])
+    with pytest.raises(ConfigError, match="variants.ov_no_sep: .*unknown config key 'loss.peek'"):
         Pipeline(cfg, tmp_path)
     assert not (tmp_path / "data").exists()
+
+
+MCCL_FOUR = {"align", "cont", "back", "sep"}
+# What the results table's rows say they train, in the words of their labels: the rows a label can start from...
+ROW_STARTS = {
+    "stage 2 + paper-exact MCCL": {"terms": MCCL_FOUR},
+    "candidate: clamp + L_area": {"terms": MCCL_FOUR | {"area"}, "clamp": True},
+    "L_align only": {"terms": {"align"}},
+    "paper-exact MCCL after a projector warm-up": {"terms": MCCL_FOUR, "warmup": True},
+    "open-vocabulary recipe": {"terms": MCCL_FOUR | {"peak", "absent", "anchor"}, "warmup": True, "input": "visual"},
+}
+# ...and what the phrases after another row's letter change.
+ROW_CHANGES = {
+    r"without L_(\w+)": lambda claim, term: {**claim, "terms": claim["terms"] - {term}},
+    r"without the four MCCL losses": lambda claim: {**claim, "terms": claim["terms"] - MCCL_FOUR, "input": None,
+                                                    "clamp": None},
+    r"\+ L_peak where the label leads": lambda claim: {**claim, "terms": claim["terms"] | {"peak_relative"}},
+    r"with the paper's conditional projector input": lambda claim: {**claim, "input": "conditional"},
+    r"without the projector warm-up": lambda claim: {**claim, "warmup": False},
+    r"for (\d+) steps": lambda claim, steps: {**claim, "steps": int(steps)},
+}
+
+
+def _row_claim(label: str, claims: dict[str, dict]) -> dict:
+    """What a row label says its run trains (``claims``: those of the rows before it, by letter)."""
+    letter, text = re.fullmatch(r"(\(\w\)) (.*)", label).groups()
+    start = re.match(r"(\(\w\)) ", text)
+    if start:
+        claim, text = claims[start.group(1)], text[start.end():]
+        changes = [(change, match.groups()) for pattern, change in ROW_CHANGES.items()
+                   for match in [re.fullmatch(pattern, text)] if match]
+        assert len(changes) == 1, f"{label!r}: no single change in {list(ROW_CHANGES)}"
+        return changes[0][0](claim, *changes[0][1])
+    (claim,) = [c for phrase, c in ROW_STARTS.items() if text.startswith(phrase)]
+    return {"warmup": False, "input": "conditional", "clamp": False, "steps": 300, **claim}
+
+
+@pytest.mark.parametrize("chosen", ["area_low", "area_high", "area_high_slow"])
+def test_each_variant_trains_what_its_row_says(chosen, tmp_path):
+    """Every stage-3 row's resolved training config has the terms, warm-up, projector input, cosine clamp and
+    length its label names ((d)'s ablations are checked with each candidate it may choose)."""
+    from training.config import load_config
+    from training.shapes.clip_stage import resolve
+    from training.shapes.config import load_pipeline_config
+    from training.shapes.pipeline import Pipeline
+
+    pipeline = Pipeline(load_pipeline_config("config/shapes/pipeline.yaml"), tmp_path)
+    pipeline.chosen["best"] = chosen
+    claims: dict[str, dict] = {}
+    for name, spec in pipeline.cfg.variants.items():
+        claim = _row_claim(pipeline.cfg.variants[chosen].row if spec.choose else spec.row, claims)
+        claims.setdefault(spec.row[:3], claim)
+        cfg = load_config(resolve(pipeline.cfg.stage3.config),
+                          [*pipeline.cfg.stage3.overrides, *pipeline.variant_overrides(name)])
+        mccl = cfg.loss.mccl
+        trains = {"terms": set(cfg.loss.terms()), "warmup": cfg.optim.projector_warmup is not None,
+                  "input": mccl and mccl.projector_input, "clamp": mccl and mccl.sim_clip[1] > 0.995,
+                  "steps": cfg.train.steps}
+        assert trains == claim, (name, spec.row)
 
 
 # mIoU points the committed model may lose on freshly generated scenes against the test-split figures in its
