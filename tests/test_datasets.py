@@ -1,4 +1,5 @@
 """Dataset specs and readers: each benchmark's exact on-disk layout, custom specs, clear errors."""
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -226,3 +227,57 @@ def test_rgb_label_is_refused(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
     with pytest.raises(ValueError, match="single-channel"):
         read_index_png(path)
+
+
+# --- bad input files: one line naming the file, the line and the problem -----------------------------------
+
+def test_split_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    write_dataset("voc", tmp_path)
+    split = tmp_path / "ImageSets" / "Segmentation" / "val.txt"
+    split.write_bytes(f"{STEMS['voc'][0]}\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError) as info:
+        SegmentationDataset(load_dataset_spec("voc"), tmp_path)
+    message = str(info.value)
+    assert str(split) in message and "line 2" in message and "UTF-8" in message and "\n" not in message
+    split.write_text("".join(f"{stem}\n" for stem in STEMS["voc"]), encoding="utf-16")
+    with pytest.raises(ValueError) as info:
+        SegmentationDataset(load_dataset_spec("voc"), tmp_path)
+    assert str(split) in str(info.value) and "UTF-16" in str(info.value)
+    split.write_text("".join(f"{stem}\n" for stem in STEMS["voc"]), encoding="utf-8-sig")  # a UTF-8 BOM is fine
+    assert [ref.key for ref in SegmentationDataset(load_dataset_spec("voc"), tmp_path).samples] == STEMS["voc"]
+
+
+def test_duplicate_and_crlf_stems_are_scored_once_with_a_warning(tmp_path, caplog):
+    write_dataset("voc", tmp_path)
+    split = tmp_path / "ImageSets" / "Segmentation" / "val.txt"
+    first, second = STEMS["voc"]
+    split.write_bytes(f"{first}\r\n{second}\r\n{first}\r\n{second}\n{first}\n".encode())
+    with caplog.at_level(logging.WARNING, logger="training.datasets.readers"):
+        data = SegmentationDataset(load_dataset_spec("voc"), tmp_path)
+    assert [ref.key for ref in data.samples] == STEMS["voc"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(split) in warnings[0] and "3 duplicate" in warnings[0]
+    assert f"{first!r} on lines 1 and 3" in warnings[0] and "\n" not in warnings[0]
+
+
+@pytest.mark.parametrize("text, line, problem", [
+    ("layout: voc\nclasses: [a, b\n", 3, "expected ',' or ']'"),
+    ("layout: voc\n  classes: [a]\n", 2, "mapping values are not allowed"),
+    ("layout: voc\nclasses: [a]\nlayout: context\n", 3, "duplicate key 'layout' (first on line 1)"),
+    ("layout: voc\nclasses:\n\t- a\n", 3, "'\\t'"),
+])
+def test_malformed_spec_is_one_line_with_file_and_line(tmp_path, text, line, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_dataset_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}, line {line}") and problem in message and "\n" not in message
+
+
+def test_spec_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes("layout: voc\nclasses: [caf\xe9]\n".encode("latin-1"))
+    with pytest.raises(ValueError) as info:
+        load_dataset_spec(path)
+    assert str(info.value).startswith(f"{path}, line 2") and "UTF-8" in str(info.value)

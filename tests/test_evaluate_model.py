@@ -2,6 +2,8 @@
 import copy
 import json
 import shutil
+import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -180,3 +182,83 @@ def test_cli_unlabeled_rule_for_coco_object(tmp_path):
     main([*argv, "--unlabeled", "ignore"])  # left out of the score
     result = json.loads(out.read_text())
     assert result["settings"]["unlabeled"] == "ignore" and result["miou"] == pytest.approx(100.0)
+
+
+def _all_datasets(root):
+    """Every dataset of --dataset all under root/data, with ground-truth predictions under root/pred."""
+    for dataset in load_reference_results()["datasets"].values():
+        write_dataset(dataset, root / "data" / DEFAULT_ROOTS[dataset])
+        write_predictions(dataset, root / "pred" / dataset, class_labels(dataset))
+
+
+@pytest.mark.parametrize("dataset, defect", [
+    ("cityscapes", "truncated label"), ("cityscapes", "label value"), ("cityscapes", "prediction size"),
+    ("context59", "label value"),  # a dataset in the middle: the ones after it are still scored
+])
+def test_cli_all_keeps_the_finished_results_when_a_dataset_fails(tmp_path, capsys, dataset, defect):
+    _all_datasets(tmp_path)
+    stem = STEMS[dataset][1]
+    root = tmp_path / "data" / DEFAULT_ROOTS[dataset]
+    label = next(root.rglob(f"{Path(stem).name}_gtFine_labelTrainIds.png" if dataset == "cityscapes"
+                            else f"{stem}.png"))
+    if defect == "truncated label":
+        label.write_bytes(label.read_bytes()[:50])  # cut inside its image data
+        named = label
+    elif defect == "label value":
+        write_label_png(label, np.full((6, 8), 200, np.uint8))
+        named = label
+    else:
+        named = tmp_path / "pred" / dataset / f"{stem}.png"
+        write_label_png(named, np.zeros((6, 7), np.uint8))
+    out = tmp_path / "all.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "all", "--data-root", str(tmp_path / "data"), "--predictions", str(tmp_path / "pred"),
+              "--json", str(out), "--no-progress"])
+    assert exit_info.value.code == 2
+    result = json.loads(out.read_text())
+    others = {"voc", "context59", "coco_object", "coco_stuff", "cityscapes"} - {dataset}
+    assert set(result["datasets"]) == others and all(r["miou"] == 100 for r in result["datasets"].values())
+    assert list(result["failed"]) == [dataset] and str(named) in result["failed"][dataset]
+    assert result["pending"] == [] and result["row"]["Avg"] is None
+    err = capsys.readouterr().err
+    assert any(dataset in line and str(named) in line for line in err.splitlines())
+
+
+def _read_only_dir() -> Path:
+    """A folder no one may create files in, root included (root ignores permission bits)."""
+    folder = Path("/sys")
+    try:
+        tempfile.NamedTemporaryFile(dir=folder).close()
+    except OSError:
+        return folder
+    pytest.skip("no read-only folder on this system (/sys accepts new files)")
+
+
+@pytest.mark.parametrize("option, where", [
+    ("--json", "a folder"), ("--json", "below a file"), ("--json", "read-only folder"),
+    ("--save-vis", "a file"), ("--save-vis", "read-only folder"),
+])
+def test_cli_checks_that_outputs_are_writable_before_scoring(tmp_path, capsys, option, where):
+    write_dataset("voc", tmp_path / "data")
+    pred = write_predictions("voc", tmp_path / "pred", class_labels("voc"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    path = {"a folder": tmp_path, "below a file": blocker / "sub" / "out.json", "a file": blocker,
+            "read-only folder": None}[where]
+    if path is None:
+        path = _read_only_dir() / ("out.json" if option == "--json" else "vis")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "voc", "--data-root", str(tmp_path / "data"), "--predictions", str(pred),
+              option, str(path), "--no-progress"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""  # nothing was scored
+    assert str(path) in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_cli_malformed_spec_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("layout: voc\nclasses: [a, b\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", str(spec), "--data-root", str(tmp_path), "--predictions", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and f"{spec}, line 3" in err

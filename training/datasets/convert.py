@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from training.config import read_yaml_mapping
 from training.datasets.readers import read_index_png
 from training.metrics import IGNORE_INDEX
 
@@ -38,7 +38,7 @@ _LUT_SIZE = 256  # every 8-bit label value has an entry
 
 
 def _load_tables() -> dict:
-    return yaml.safe_load(CONVERSIONS_FILE.read_text())
+    return read_yaml_mapping(CONVERSIONS_FILE)
 
 
 def coco_stuff_lut() -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from training.datasets.spec import DatasetSpec
+from training.files import read_text
 from training.metrics import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -130,9 +131,22 @@ def resolve_root(spec: DatasetSpec, data_root: Path) -> Path:
 
 
 def _read_split_file(path: Path) -> list[str]:
+    """The stems of a split file, one a line, each once in first-seen order (a duplicate is warned about)."""
     if not path.is_file():
         raise FileNotFoundError(f"split file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    first_line: dict[str, int] = {}
+    duplicates: list[tuple[str, int]] = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        stem = line.strip()
+        if stem and stem in first_line:
+            duplicates.append((stem, number))
+        elif stem:
+            first_line[stem] = number
+    if duplicates:
+        stem, number = duplicates[0]
+        logger.warning("%s: %d duplicate stem(s) ignored, each image is scored once (first: %r on lines %d and %d)",
+                       path, len(duplicates), stem, first_line[stem], number)
+    return list(first_line)
 
 
 def _scan_images(img_dir: Path, suffix: str, recursive: bool) -> list[str]:

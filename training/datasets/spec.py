@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from training.config import read_yaml_mapping
 
 _HERE = Path(__file__).resolve().parent
 SPEC_DIR = _HERE / "specs"
@@ -100,19 +100,9 @@ def list_datasets() -> list[str]:
     return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
 
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def load_layouts() -> dict[str, dict[str, Any]]:
     """The named on-disk layouts of ``layouts.yaml`` (defaults for a spec's path fields)."""
-    return _read_yaml_mapping(LAYOUTS_FILE)
+    return read_yaml_mapping(LAYOUTS_FILE)
 
 
 def _check_type(path: Path, key: str, value: Any, kind: type | tuple[type, ...]) -> None:
@@ -181,17 +171,17 @@ def load_dataset_spec(name_or_path: str | Path) -> DatasetSpec:
         if not path.is_file():
             raise ValueError(f"unknown dataset {str(name_or_path)!r}: use one of {list_datasets()} "
                              "or the path of a spec YAML")
-    return _spec_from_dict(_read_yaml_mapping(path), path)
+    return _spec_from_dict(read_yaml_mapping(path), path)
 
 
 def list_template_sets() -> list[str]:
     """Names of the template sets in ``templates.yaml``."""
-    return sorted(_read_yaml_mapping(TEMPLATES_FILE))
+    return sorted(read_yaml_mapping(TEMPLATES_FILE))
 
 
 def load_templates(name: str) -> list[str]:
     """The prompt templates of one set (``tcl``, ``simple``), each with one ``{}`` for the class name."""
-    sets = _read_yaml_mapping(TEMPLATES_FILE)
+    sets = read_yaml_mapping(TEMPLATES_FILE)
     if name not in sets:
         raise ValueError(f"unknown template set {name!r}: {TEMPLATES_FILE} has {sorted(sets)}")
     templates = sets[name]
@@ -205,9 +195,9 @@ def load_templates(name: str) -> list[str]:
 
 def load_protocol() -> dict[str, Any]:
     """The protocol defaults of ``protocol.yaml`` (short side, crop, stride, bg_thresh, ...)."""
-    return _read_yaml_mapping(PROTOCOL_FILE)
+    return read_yaml_mapping(PROTOCOL_FILE)
 
 
 def load_reference_results() -> dict[str, Any]:
     """Published mIoU rows and the dataset behind each table column (``reference_results.yaml``)."""
-    return _read_yaml_mapping(REFERENCE_FILE)
+    return read_yaml_mapping(REFERENCE_FILE)
