@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The ROS 2 package (message + node), built by colcon from the ROS 2 Kilted wheels of .venv into install/.
 ROS_STAMP := install/.synseg_ros_built
 ROS_PACKAGE := msg/SegmentationMasks.msg CMakeLists.txt package.xml scripts/build_ros_package.sh \
-	$(wildcard synseg_ros/*.py launch/*.py scripts/synseg_node scripts/image_folder_publisher)
+	$(wildcard synseg_ros/*.py launch/*.py scripts/synseg_node scripts/image_folder_publisher scripts/segment_bag)
 # rclpy processes need the message's libraries from the colcon install space (read by the loader at start-up).
 # Its Python folder (links to the checkout's synseg_ros and synseg_model, plus the generated msg/ module) goes
 # on PYTHONPATH for processes started from the repository root (the demo; the tests add it themselves).

@@ -107,6 +107,9 @@ def image_to_rgb(image: Any, max_pixels: int | None = None) -> np.ndarray:
     return codec.to_rgb(pixels)
 
 
+# A corrupt payload is reported once by ImageFormatError (throttled in the node); OpenCV's decoders would also
+# print their own warning for every such frame.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 # The signatures that start a payload of image_transport's "compressed" transport.
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"

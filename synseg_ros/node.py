@@ -50,7 +50,7 @@ from std_msgs.msg import Header
 from synseg_ros import conversions, params, rendering
 from synseg_ros.frame_slot import LatestFrameSlot
 from synseg_ros.interfaces import SegmentationMasks
-from synseg_ros.segmenter import Segmentation, Segmenter, SegmenterFactory
+from synseg_ros.segmenter import Segmentation, Segmenter, SegmenterFactory, load_segmenter
 from synseg_ros.stats import FrameStats
 
 try:  # ROS 2's cv_bridge where installed; it is not on PyPI, so numpy conversion is the fallback.
@@ -76,20 +76,6 @@ UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"
 NO_VOCABULARY = ("No vocabulary: the model's card lists no classes; no frame is segmented until one is set, e.g. "
                  "ros2 param set {node} vocabulary \"[person, chair, door]\" (config/synseg.yaml suggests "
                  "starting vocabularies for indoor and outdoor robots)")
-
-
-def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
-    """The default factory: a ``synseg_model.Segmenter`` configured by the node's parameters."""
-    # Imported here so that torch loads only when a real model is used (not for --help or test fakes).
-    from synseg_model import Segmenter
-
-    kwargs: dict[str, Any] = {"device": settings["device"], "backend": settings["backend"],
-                              "threshold": settings["threshold"], "max_categories": settings["max_categories"]}
-    if settings["input_size"]:
-        kwargs["input_size"] = settings["input_size"]
-    if settings["precision"] != "auto":
-        kwargs["precision"] = settings["precision"]
-    return Segmenter.from_checkpoint(settings["checkpoint"] or None, **kwargs)
 
 
 class SynSegNode(LifecycleNode):

@@ -45,6 +45,20 @@ class Segmenter(Protocol):
 SegmenterFactory = Callable[[Mapping[str, Any]], Segmenter]
 
 
+def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
+    """The default factory: a ``synseg_model.Segmenter`` configured by the node's parameters."""
+    # Imported here so that torch loads only when a real model is used (not for --help or test fakes).
+    from synseg_model import Segmenter as ModelSegmenter
+
+    kwargs: dict[str, Any] = {"device": settings["device"], "backend": settings["backend"],
+                              "threshold": settings["threshold"], "max_categories": settings["max_categories"]}
+    if settings["input_size"]:
+        kwargs["input_size"] = settings["input_size"]
+    if settings["precision"] != "auto":
+        kwargs["precision"] = settings["precision"]
+    return ModelSegmenter.from_checkpoint(settings["checkpoint"] or None, **kwargs)
+
+
 @dataclass
 class FakeSegmentation:
     labels: list[str]
