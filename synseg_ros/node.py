@@ -5,10 +5,11 @@
     python -m synseg_ros.node --ros-args ...
 
 A managed (lifecycle) node: ``configure`` checks the parameters, loads the model and warms it up; ``activate``
-subscribes to ``image`` (sensor_msgs/Image) and starts publishing ``~/masks`` (synseg_ros/SegmentationMasks),
-``~/label_image`` and ``~/overlay`` (sensor_msgs/Image); ``deactivate`` unsubscribes; ``cleanup`` releases the
-model; ``shutdown`` works from any state and ends the process. ``/diagnostics`` reports the state throughout.
-A worker thread segments the newest frame only, so a model slower than the camera drops stale frames
+subscribes to ``image`` (sensor_msgs/Image, or its compressed transport; with depth see synseg_ros.frame_input)
+and starts publishing ``~/masks`` (synseg_ros/SegmentationMasks), ``~/label_image`` and ``~/overlay``
+(sensor_msgs/Image) and the detections of synseg_ros.robot_outputs; ``deactivate`` unsubscribes; ``cleanup``
+releases the model; ``shutdown`` works from any state and ends the process. ``/diagnostics`` reports the state
+throughout. A worker thread segments the newest frame only, so a model slower than the camera drops stale frames
 (counted) instead of queueing them.
 """
 from __future__ import annotations
@@ -44,12 +45,14 @@ from rclpy.qos import (
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rclpy.utilities import remove_ros_args
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from synseg_ros import conversions, params, rendering
+from synseg_ros.frame_input import Frame, FrameInput
 from synseg_ros.frame_slot import LatestFrameSlot
 from synseg_ros.interfaces import SegmentationMasks
+from synseg_ros.robot_outputs import RobotOutputs
 from synseg_ros.segmenter import Segmentation, Segmenter, SegmenterFactory, load_segmenter
 from synseg_ros.stats import FrameStats
 
@@ -101,8 +104,10 @@ class SynSegNode(LifecycleNode):
         self._on_exit = on_exit
         self._segmenter: Segmenter | None = None
         self._image_sub = None
+        self._input: FrameInput | None = None
         self._outputs: tuple[Any, Any, Any] | None = None     # masks, label image and overlay publishers
-        self._slot: LatestFrameSlot[Image] = LatestFrameSlot()
+        self._robot: RobotOutputs | None = None
+        self._slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self._masks = conversions.MaskBuffers()
         self._mask_images: list[Image] = []
         self._last_error = ""
@@ -210,6 +215,7 @@ class SynSegNode(LifecycleNode):
         self._outputs = (self.create_publisher(SegmentationMasks, "~/masks", OUTPUT_QOS),
                          self.create_publisher(Image, "~/label_image", OUTPUT_QOS),
                          self.create_publisher(Image, "~/overlay", OUTPUT_QOS))
+        self._robot = RobotOutputs.create(self, settings, OUTPUT_QOS)
         self._last_error = ""
         self.get_logger().info(
             f"Configured in {time.monotonic() - started:.1f} s: {source} loaded in {loaded - started:.1f} s, "
@@ -227,19 +233,22 @@ class SynSegNode(LifecycleNode):
                                       else ReliabilityPolicy.BEST_EFFORT))
         self._stop.clear()
         self._slot = LatestFrameSlot()
-        # Its own group, so that encoding a new vocabulary (a parameter callback) never delays image intake.
-        self._image_sub = self.create_subscription(
-            Image, "image", self._on_image, qos, callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        try:
+            self._input = FrameInput(self, settings, qos, self._on_image,
+                                     SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        except Exception as exc:  # rclpy would swallow it and fail the transition without a word
+            return self._fail(f"Failed to subscribe: {type(exc).__name__}: {exc}")
+        self._image_sub = self._input.subscription
         self._worker = threading.Thread(target=self._run_worker, name="synseg-worker", daemon=True)
         self._worker.start()
         masks, labels, overlay = self._outputs
         self.get_logger().info(
-            f"Active: subscribed to {self._image_sub.topic_name} with QoS reliability="
+            f"Active: subscribed to {self._input.describe()} with QoS reliability="
             f"{qos.reliability.name.lower()}, durability={qos.durability.name.lower()}, "
             f"history={qos.history.name.lower()}, depth={qos.depth}; publishing {masks.topic_name}, "
-            f"{labels.topic_name}, {overlay.topic_name} (reliable, depth {OUTPUT_QOS.depth}); image conversion: "
-            f"{'cv_bridge' if self._bridge else 'numpy'}")
+            f"{labels.topic_name}, {overlay.topic_name}"
+            f"{', ' + self._robot.describe() if self._robot else ''} (reliable, depth {OUTPUT_QOS.depth}); "
+            f"image conversion: {'cv_bridge' if self._bridge else 'numpy'}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -274,9 +283,9 @@ class SynSegNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def _stop_processing(self) -> None:
-        if self._image_sub is not None:
-            self.destroy_subscription(self._image_sub)
-            self._image_sub = None
+        if self._input is not None:
+            self._input.destroy()
+            self._input = self._image_sub = None
         self._stop.set()
         self._slot.close()
         if self._worker is not None:
@@ -287,6 +296,9 @@ class SynSegNode(LifecycleNode):
         for publisher in self._outputs or ():
             self.destroy_publisher(publisher)
         self._outputs = None
+        if self._robot is not None:
+            self._robot.destroy()
+            self._robot = None
         self._segmenter = None
         self._masks = conversions.MaskBuffers()
         self._mask_images = []
@@ -336,12 +348,12 @@ class SynSegNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------------- images
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, frame: Frame) -> None:
         self._stats.count("received")
-        stamp = Time.from_msg(msg.header.stamp)
+        stamp = Time.from_msg(frame.header.stamp)
         if stamp.nanoseconds > 0:  # transport and deserialisation, from the camera's stamp to here
             self._stats.add_stage("receive", (self.get_clock().now() - stamp).nanoseconds * 1e-9)
-        if self._slot.put(msg):
+        if self._slot.put(frame):
             self._stats.count("dropped")
 
     def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
@@ -386,7 +398,9 @@ class SynSegNode(LifecycleNode):
                 # Frames arriving while waiting replace each other in the slot and are counted as dropped.
                 self._stop.wait(max(0.0, next_start - time.monotonic()))
 
-    def _decode(self, msg: Image) -> np.ndarray:
+    def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
+        if isinstance(msg, CompressedImage):
+            return conversions.compressed_to_rgb(msg.data, self._settings["max_image_pixels"])
         conversions.check_image_layout(msg.height, msg.width, msg.encoding, msg.step, len(msg.data),
                                        self._settings["max_image_pixels"])
         if self._bridge is not None:
@@ -396,7 +410,8 @@ class SynSegNode(LifecycleNode):
                 pass
         return conversions.image_to_rgb(msg)
 
-    def _process(self, msg: Image) -> None:
+    def _process(self, frame: Frame) -> None:
+        msg = frame.image
         settings = self._settings
         if not settings["vocabulary"]:
             self.get_logger().warning(NO_VOCABULARY.format(node=self.get_fully_qualified_name()),
@@ -413,7 +428,7 @@ class SynSegNode(LifecycleNode):
         t1 = time.monotonic()
         result = self._segmenter.segment(rgb)
         t2 = time.monotonic()
-        self._publish(msg.header, rgb, result, float(settings["threshold"]), settings)
+        self._publish(frame, rgb, result, float(settings["threshold"]), settings)
         t3 = time.monotonic()
 
         self._stats.count("processed")
@@ -426,15 +441,21 @@ class SynSegNode(LifecycleNode):
             self._stats.add_latency(latency)
             self._stats.add_stage("overhead", latency - (t2 - t1))
 
-    def _publish(self, header: Header, rgb: np.ndarray, result: Segmentation, threshold: float,
+    def _publish(self, frame: Frame, rgb: np.ndarray, result: Segmentation, threshold: float,
                  settings: Mapping[str, Any]) -> None:
+        header, robot = frame.header, self._robot
         masks_pub, label_pub, overlay_pub = self._outputs
         want_masks = masks_pub.get_subscription_count() > 0
         want_labels = settings["publish_label_image"] and label_pub.get_subscription_count() > 0
         want_overlay = settings["publish_overlay"] and overlay_pub.get_subscription_count() > 0
-        if not (want_masks or want_labels or want_overlay):
+        if robot is not None:
+            robot.publish_label_info(header, result.labels, threshold)
+        want_robot = robot is not None and robot.wanted()
+        if not (want_masks or want_labels or want_overlay or want_robot):
             return
         masks = self._masks.fill(result.probabilities, threshold)
+        if want_robot:
+            robot.publish(frame, result, masks, settings)
         if want_masks:
             out = SegmentationMasks(header=header, labels=list(result.labels), threshold=threshold,
                                     scores=[float(s) for s in result.scores], masks=self._mask_messages(header))
