@@ -14,7 +14,8 @@ MAX_DEPTH = 5.0
 
 
 def random_masks(count: int, seed: int) -> list[np.ndarray]:
-    """Masks of blobs of many sizes, a few touching only diagonally (8-connected, not 4-connected)."""
+    """Masks of blobs of many sizes, a few touching only diagonally (8-connected, not 4-connected), and a ring
+    with a region inside its hole."""
     rng = np.random.default_rng(seed)
     masks = []
     for _ in range(count):
@@ -24,6 +25,8 @@ def random_masks(count: int, seed: int) -> list[np.ndarray]:
             cv2.circle(mask, (x, y), r, 255, -1)
         mask[rng.random((60, 80)) < 0.01] = 255                 # speckle: regions of one or two pixels
         mask[0, 0] = mask[1, 1] = 255                           # one region by a diagonal
+        cv2.circle(mask, (60, 30), 12, 255, 2)                  # a ring ...
+        mask[28:33, 58:63] = 255                                # ... and a region in its hole
         masks.append(mask)
     return masks
 
