@@ -63,6 +63,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "-p", "diagnostics_period:=0.5"]
     if args.checkpoint:
         ros_args += ["-p", f"checkpoint:={args.checkpoint}"]
+    ros_args += [item for value in args.param for item in ("-p", value)]
     if args.outputs == "3d":
         ros_args += ["-p", "use_depth:=true", "-r", "depth:=/bench/depth", "-r", "camera_info:=/bench/camera_info"]
     module = "synseg_ros.segmenter" if args.model == "none" else "synseg_ros.node"
@@ -126,7 +127,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         stop(proc)
     latency = np.array([arrivals[k] - t for k, t in sent.items() if k in arrivals]) * 1e3
     node = diagnostics[-1] if diagnostics else {}
-    return {"model": args.model, "outputs": args.outputs, "frame": args.frame,
+    return {"model": args.model, "outputs": args.outputs, "frame": args.frame, "params": args.param,
             "size": f"{frame.shape[1]}x{frame.shape[0]}", "rate_hz": args.rate,
             "labels": len(args.vocabulary.split(",")), "frames_sent": len(sent), "frames_answered": int(latency.size),
             "e2e_latency_ms_p50": round(float(np.percentile(latency, 50)), 2) if latency.size else None,
@@ -152,6 +153,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "~/detections_3d and ~/points")
     parser.add_argument("--frame", choices=("random", "scene"), default="random",
                         help="random: noise of --width x --height; scene: the synthetic RGB-D scene (640x480)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="another node parameter, e.g. point_decimation:=4 (repeatable)")
     parser.add_argument("--log", type=Path, default=Path("/tmp/synseg_latency_node.log"), help="node output")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser

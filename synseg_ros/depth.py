@@ -65,7 +65,8 @@ class PointGrid:
         stride: pixel step in both directions; grid cell (i, j) is the pixel in the middle of the image's cell
             of ``stride`` x ``stride`` pixels, (row, column) = (i, j) * stride + (stride - 1) // 2, so that the
             grid is not shifted towards the image's top left.
-        xyz: (h, w, 3) float32 metres in the depth image's optical frame, NaN where the depth is invalid.
+        xyz: (3, h, w) float32 metres in the depth image's optical frame (x, y and z planes: each axis
+            contiguous, which numpy's sorts and reductions need to be fast), NaN where the depth is invalid.
         valid: (h, w) bool, the depth is valid (finite, > 0 and at most the maximum depth).
     """
 
@@ -137,10 +138,10 @@ def point_grid(depth: Any, camera: PinholeCamera, max_depth: float, stride: int,
     z[~valid] = np.nan
     u = np.arange(first, width, stride, dtype=np.float32)
     v = np.arange(first, height, stride, dtype=np.float32)
-    xyz = np.empty(z.shape + (3,), np.float32)
-    np.multiply(((u - camera.cx) / camera.fx)[None, :], z, out=xyz[..., 0])
-    np.multiply(((v - camera.cy) / camera.fy)[:, None], z, out=xyz[..., 1])
-    xyz[..., 2] = z
+    xyz = np.empty((3,) + z.shape, np.float32)
+    np.multiply(((u - camera.cx) / camera.fx)[None, :], z, out=xyz[0])
+    np.multiply(((v - camera.cy) / camera.fy)[:, None], z, out=xyz[1])
+    xyz[2] = z
     return PointGrid(stride, xyz, valid)
 
 
@@ -154,26 +155,26 @@ def region_boxes(grid: PointGrid, labels: Sequence[LabelRegions]) -> list[Box3D]
     boxes = []
     for label in labels:
         ids = grid.sample(label.region_map)
-        inside = np.flatnonzero((ids > 0) & grid.valid)
-        if inside.size == 0:
-            continue
-        region_of = ids.ravel()[inside]
-        order = np.argsort(region_of, kind="stable")
-        region_of, points = region_of[order], grid.xyz.reshape(-1, 3)[inside[order]]
         for region in label.regions:
-            start, stop = np.searchsorted(region_of, [region.region_id, region.region_id + 1])
-            if stop > start:
-                center, size = _robust_center_size(points[start:stop])
-                boxes.append(Box3D(label.label_index, region.region_id, center, size, int(stop - start)))
+            inside = (ids == region.region_id) & grid.valid
+            if inside.any():
+                points = np.stack([plane[inside] for plane in grid.xyz])
+                center, size = _robust_center_size(points)
+                boxes.append(Box3D(label.label_index, region.region_id, center, size, points.shape[1]))
     return boxes
 
 
-def _robust_center_size(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 3) points -> the median on each axis, and the extent of the points inside Tukey's fences."""
-    q1, median, q3 = np.percentile(points, [25.0, 50.0, 75.0], axis=0)
+def _robust_center_size(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(3, n) points -> the median on each axis, and the extent of the points inside Tukey's fences."""
+    n = rows.shape[1]
+    # Axis by axis along contiguous rows: numpy's vectorised sort and reductions there are several times faster
+    # here than selection (np.partition), np.percentile or reductions across an (n, 3) array's columns.
+    q1, median, q3 = np.sort(rows, axis=1)[:, [n // 4, n // 2, (3 * n) // 4]].T
     spread = _FENCE * (q3 - q1)
-    inliers = points[np.all((points >= q1 - spread) & (points <= q3 + spread), axis=1)]
-    return median.astype(np.float64), (inliers.max(axis=0) - inliers.min(axis=0)).astype(np.float64)
+    inside = ((rows >= (q1 - spread)[:, None]) & (rows <= (q3 + spread)[:, None])).all(axis=0)
+    # Row by row: rows[:, inside] comes out column-major, and reducing it would be as slow again.
+    size = [float(values.max() - values.min()) for values in (row[inside] for row in rows)]
+    return median.astype(np.float64), np.array(size)
 
 
 def labelled_points(grid: PointGrid, label_map: np.ndarray) -> np.ndarray:
@@ -189,7 +190,6 @@ def labelled_points(grid: PointGrid, label_map: np.ndarray) -> np.ndarray:
     """
     keep = (label_map > 0) & grid.valid
     out = np.empty(int(np.count_nonzero(keep)), CLOUD_DTYPE)
-    xyz = grid.xyz[keep]
-    out["x"], out["y"], out["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    out["x"], out["y"], out["z"] = (plane[keep] for plane in grid.xyz)
     out["label"] = label_map[keep] - 1
     return out
