@@ -127,7 +127,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(message_filters.ApproximateTimeSynchronizer).", changes=UNCONFIGURED, float_range=(0.0, 10.0)),
     ParamSpec("max_depth", 10.0, "Depth in metres beyond which a depth pixel is invalid (as are 0 and NaN).",
               float_range=(0.01, 1000.0)),
-    ParamSpec("point_decimation", 2,
+    ParamSpec("point_decimation", 4,
               "3-D uses every n-th pixel in each direction: ~/points has at most 1/n^2 of the pixels, and "
               "~/detections_3d is computed from the same points.", int_range=(1, 64)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),

@@ -303,7 +303,7 @@ def test_3d_detections_of_the_synthetic_scene(depth_node, encoding):
     assert [(f.name, f.offset) for f in points.fields] == [("x", 0), ("y", 4), ("z", 8), ("label", 12)]
     cloud = np.frombuffer(bytes(points.data), np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                                                          ("label", "<u4")]))
-    assert len(cloud) == points.width == (scene.HEIGHT // 2) * (scene.WIDTH // 2)      # point_decimation 2
+    assert len(cloud) == points.width == (scene.HEIGHT // 4) * (scene.WIDTH // 4)      # point_decimation 4
     np.testing.assert_allclose(cloud["z"][cloud["label"] == 0], scene.BOX_Z)
     np.testing.assert_allclose(cloud["z"][cloud["label"] == 1], scene.WALL_Z)
 
