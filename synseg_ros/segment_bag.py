@@ -21,6 +21,8 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -36,6 +38,8 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 # rosbag2 metadata version 8: what ROS 2 Jazzy's `ros2 bag` writes; Kilted's reads it too.
 BAG_VERSION = 8
 NODE_NAME = "synseg"
+# Serialised messages that may wait for the disk while the next frame is segmented (a few frames' worth).
+WRITE_QUEUE = 8
 
 
 class BagError(Exception):
@@ -140,6 +144,39 @@ def transient_local_qos() -> Any:
                QosLiveliness.AUTOMATIC, never, False)
 
 
+class BackgroundWriter:
+    """A rosbags Writer driven from a thread of its own, so that the disk's time overlaps the next frame's
+    segmentation (the model releases the GIL). Every call runs on that one thread, as sqlite3 requires of its
+    objects; at most ``WRITE_QUEUE`` writes wait, in order, and a failed write raises at the next one."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_bag-writer")
+        self._pending: deque[Future] = deque()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``writer.method(*args, **kwargs)`` on the writer's thread, after the queued writes; its result."""
+        self.flush()
+        return self._pool.submit(getattr(self._writer, method), *args, **kwargs).result()
+
+    def write(self, connection: Any, timestamp: int, data: bytes) -> None:
+        """Queue one serialised message."""
+        self._drain(WRITE_QUEUE - 1)
+        self._pending.append(self._pool.submit(self._writer.write, connection, timestamp, data))
+
+    def flush(self) -> None:
+        """Wait for the queued writes (raises a failed one's error)."""
+        self._drain(0)
+
+    def shutdown(self) -> None:
+        """Wait for the queued writes (without raising their errors) and stop the thread."""
+        self._pool.shutdown(wait=True)
+
+    def _drain(self, keep: int) -> None:
+        while len(self._pending) > keep or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+
+
 # ----------------------------------------------------------------------------------------------- segmenting
 
 class FrameSegmenter:
@@ -193,13 +230,15 @@ def segment(args: argparse.Namespace, factory: SegmenterFactory) -> Summary:
         storage = args.storage or storage_of(source)
         scratch = target.parent / f".{target.name}.incomplete-{os.getpid()}"
         scratch.mkdir(parents=True)
+        writer = BackgroundWriter(Writer(scratch / target.name, version=BAG_VERSION,
+                                         storage_plugin=StoragePlugin[storage.upper()]))
         try:
-            writer = Writer(scratch / target.name, version=BAG_VERSION, storage_plugin=StoragePlugin[storage.upper()])
-            writer.open()
+            writer.call("open")
             summary = _copy_and_segment(reader, writer, inputs, frames, args)
-            writer.close()
+            writer.call("close")
             (scratch / target.name).rename(target)
         finally:
+            writer.shutdown()
             shutil.rmtree(scratch, ignore_errors=True)
     finally:
         reader.close()
@@ -223,45 +262,66 @@ def _load_model(factory: SegmenterFactory, settings: dict[str, Any]) -> Segmente
     return segmenter
 
 
-def _copy_and_segment(reader: Any, writer: Any, inputs: list[Any], frames: FrameSegmenter,
-                      args: argparse.Namespace) -> Summary:
-    copies = {c.id: writer.add_connection(c.topic, c.msgtype, msgdef=c.msgdef.data, rihs01=c.digest,
-                                          serialization_format=c.ext.serialization_format,
-                                          offered_qos_profiles=c.ext.offered_qos_profiles)
+@dataclass
+class _Connections:
+    """The output bag's connections: a copy of each input one, and the three the tool adds."""
+
+    copies: dict[int, Any]
+    masks: Any
+    detections: Any
+    label_info: Any
+
+
+def _add_connections(reader: Any, writer: BackgroundWriter, store: Any, prefix: str) -> _Connections:
+    def add(*args: Any, **kwargs: Any) -> Any:
+        return writer.call("add_connection", *args, **kwargs)
+
+    copies = {c.id: add(c.topic, c.msgtype, msgdef=c.msgdef.data, rihs01=c.digest,
+                        serialization_format=c.ext.serialization_format,
+                        offered_qos_profiles=c.ext.offered_qos_profiles)
               for c in reader.connections}
-    prefix = args.prefix.rstrip("/")
-    store = frames.store
-    masks_out = writer.add_connection(f"{prefix}/masks", bag_types.MASKS_TYPE, typestore=store)
-    detections_out = writer.add_connection(f"{prefix}/detections", "vision_msgs/msg/Detection2DArray",
-                                           typestore=store)
-    info_out = writer.add_connection(f"{prefix}/label_info", "vision_msgs/msg/LabelInfo", typestore=store,
-                                     offered_qos_profiles=[transient_local_qos()])
+    return _Connections(copies, add(f"{prefix}/masks", bag_types.MASKS_TYPE, typestore=store),
+                        add(f"{prefix}/detections", "vision_msgs/msg/Detection2DArray", typestore=store),
+                        add(f"{prefix}/label_info", "vision_msgs/msg/LabelInfo", typestore=store,
+                            offered_qos_profiles=[transient_local_qos()]))
+
+
+def _copy_and_segment(reader: Any, writer: BackgroundWriter, inputs: list[Any], frames: FrameSegmenter,
+                      args: argparse.Namespace) -> Summary:
+    """Copy every message of the bag, and write each frame's outputs after it."""
+    out = _add_connections(reader, writer, frames.store, args.prefix.rstrip("/"))
+    image_types = {c.id: c.msgtype for c in inputs}
     summary, started = Summary(), time.monotonic()
-    image_ids = {c.id: c.msgtype for c in inputs}
-    total = sum(c.msgcount for c in inputs)
-    with tqdm(total=total, unit="frame", desc=f"segmenting {args.topic}", disable=args.quiet) as progress:
+    with tqdm(total=sum(c.msgcount for c in inputs), unit="frame", desc=f"segmenting {args.topic}",
+              disable=args.quiet) as progress:
         for connection, timestamp, raw in _messages(reader, args.input):
-            writer.write(copies[connection.id], timestamp, raw)
+            # bytes(): a reader may hand out views of its buffers, which the queue must not outlive.
+            writer.write(out.copies[connection.id], timestamp, bytes(raw))
             summary.copied += 1
-            if connection.id not in image_ids:
-                continue
-            progress.update()
-            msg = store.deserialize_cdr(raw, connection.msgtype)
-            try:
-                rgb = frames.decode(msg, image_ids[connection.id])
-            except conversions.ImageFormatError as exc:
-                summary.skipped.append(f"{timestamp}: {exc}")
-                progress.write(f"segment_bag: skipped the frame at {timestamp} ns: {exc}", file=sys.stderr)
-                continue
-            masks, found, info = frames.outputs(msg, rgb)
-            if summary.frames == 0:
-                writer.write(info_out, timestamp, store.serialize_cdr(info, "vision_msgs/msg/LabelInfo"))
-            writer.write(masks_out, timestamp, store.serialize_cdr(masks, bag_types.MASKS_TYPE))
-            writer.write(detections_out, timestamp,
-                         store.serialize_cdr(found, "vision_msgs/msg/Detection2DArray"))
-            summary.frames += 1
+            if connection.id in image_types:
+                progress.update()
+                _segment_frame(frames, raw, image_types[connection.id], timestamp, writer, out, summary, progress)
+    writer.flush()                  # the rate counts the disk's time too
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _segment_frame(frames: FrameSegmenter, raw: bytes, msgtype: str, timestamp: int, writer: BackgroundWriter,
+                   out: _Connections, summary: Summary, progress: tqdm) -> None:
+    store = frames.store
+    msg = store.deserialize_cdr(raw, msgtype)
+    try:
+        rgb = frames.decode(msg, msgtype)
+    except conversions.ImageFormatError as exc:
+        summary.skipped.append(f"{timestamp}: {exc}")
+        progress.write(f"segment_bag: skipped the frame at {timestamp} ns: {exc}", file=sys.stderr)
+        return
+    masks, found, info = frames.outputs(msg, rgb)
+    if summary.frames == 0:
+        writer.write(out.label_info, timestamp, store.serialize_cdr(info, "vision_msgs/msg/LabelInfo"))
+    writer.write(out.masks, timestamp, store.serialize_cdr(masks, bag_types.MASKS_TYPE))
+    writer.write(out.detections, timestamp, store.serialize_cdr(found, "vision_msgs/msg/Detection2DArray"))
+    summary.frames += 1
 
 
 def _messages(reader: Any, path: Path) -> Iterator[tuple[Any, int, bytes]]:
