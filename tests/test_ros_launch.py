@@ -42,6 +42,13 @@ def test_show_args_lists_every_argument():
     assert {name for name in ARGUMENTS if f"'{name}'" in out.stdout} == ARGUMENTS, out.stdout
 
 
+@needs_ros2
+def test_ros2_run_segment_bag_answers_help():
+    out = run_ros2("run", "synseg_ros", "segment_bag", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--topic" in out.stdout and "--params-file" in out.stdout
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ros2_daemon():
     """A `ros2 daemon` for this module's commands, inside the sandbox, stopped at the end."""
