@@ -4,7 +4,7 @@
 #   run(command="bash scripts/gpu_benchmark.sh", carry=[".whl"], timeout_s=600)
 #
 # That machine has torch, transformers, matplotlib and onnxruntime but not open_clip_torch: its wheels
-# travel in .whl/ (prepare them here, see README "Runtime"). The script installs them, records the machine,
+# travel in .whl/ (prepare them here, see docs/runtime.md). The script installs them, records the machine,
 # runs the benchmark (then the CUDA tests and a torch.compile run, each time-boxed so the main results come
 # back whatever happens later) and leaves everything in $OUT: bench_cuda.{json,png,md}, bench_compile.md,
 # tests_cuda.txt, env.txt, log.txt.

@@ -15,7 +15,7 @@ model, per frame: the node's own cost).
 Both processes use config/fastdds_loopback.xml (16 MB shared-memory segment) unless
 FASTDDS_DEFAULT_PROFILES_FILE names another profile.
 
---model none runs the node on the fake segmenter (synseg_ros.segmenter: each label's map is a colour
+--model none runs the node on the fake segmenter (synseg_ros.fake_node: each label's map is a colour
 channel), whose time is the model stage; the overhead figure leaves it out.
 
 --outputs detections also subscribes to /synseg/detections; --outputs 3d runs the node with use_depth and
@@ -66,7 +66,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ros_args += [item for value in args.param for item in ("-p", value)]
     if args.outputs == "3d":
         ros_args += ["-p", "use_depth:=true", "-r", "depth:=/bench/depth", "-r", "camera_info:=/bench/camera_info"]
-    module = "synseg_ros.segmenter" if args.model == "none" else "synseg_ros.node"
+    module = "synseg_ros.fake_node" if args.model == "none" else "synseg_ros.node"
     proc = start_module(module, ros_args, args.log, cwd=ROOT)
     arrivals: dict[tuple[int, int], float] = {}
     diagnostics: list[dict[str, str]] = []

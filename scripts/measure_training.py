@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measure the training figures the README quotes that the training run itself does not log.
+"""Measure the training figures docs/training.md quotes that the training run itself does not log.
 
     python scripts/measure_training.py reader   # input pipeline: 256 px JPEG -> 224 crop, images/s per process
     python scripts/measure_training.py memory   # bytes autograd keeps for one MCCL step (ViT-B-16, 224 px, K=8)

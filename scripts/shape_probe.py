@@ -3,7 +3,7 @@
 Trains an open_clip visual tower (from an architecture JSON) plus a linear head with per-class BCE on "class
 present (>= 20 pixels)" labels taken from the shards' ``seg.png`` maps, and prints every 100 steps the
 held-out AUC of each class. This is the upper bound that contrastive training (stage 1) approaches from
-below; it is how the shapes world's CLIP architecture was chosen (README, "Shapes world").
+below; it is how the shapes world's CLIP architecture was chosen (docs/shapes.md).
 
     python scripts/shape_probe.py --arch config/shapes/clip-shapes.json \\
         --shards "data/shapes/train/{00000..00015}.tar" --val data/shapes/val --steps 1000

@@ -7,7 +7,7 @@ never rebuilds an engine or re-exports a graph.
 ``auto`` picks tensorrt on CUDA where torch_tensorrt is installed, else torch on CUDA, else the CPU path,
 and logs which and why. The CPU path (``CPU_BACKEND``) was chosen by measurement: ONNX Runtime beat eager
 fp32, channels-last and bf16 autocast on the development CPU (``scripts/measure_cpu_paths.py``; figures in
-the README).
+docs/runtime.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What the synseg node subscribes to: the camera image, raw or compressed, and optionally depth and camera info.
+"""The subscriptions behind the synseg node's image input: the camera image, raw or compressed, and optionally
+depth and camera info (``image_input.ImageInput`` owns them, with their QoS and events).
 
 With ``use_depth`` the image, ``depth`` and ``camera_info`` go through message_filters'
 ApproximateTimeSynchronizer (stamps within ``depth_slop``), and each ``Frame`` holds all three; without it a
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import CallbackGroup
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -44,26 +45,25 @@ def _message_filters() -> Any:
     return message_filters
 
 
-class FrameInput:
-    """The subscriptions from ``activate`` to ``deactivate``; ``on_frame`` gets every (synchronised) frame.
+class FrameSubscriptions:
+    """The subscriptions; ``on_frame`` gets every (synchronised) frame.
 
     Args:
         node: the node.
         settings: its parameter values (image_transport, use_depth, depth_slop).
         qos: the image subscription's QoS (depth and camera info use the same).
         on_frame: called with each ``Frame``, on the executor.
-        event_callbacks: the image subscription's event callbacks (incompatible QoS).
+        group: the callback group of every subscription.
+        event_callbacks: the image subscription's event callbacks.
     """
 
     def __init__(self, node: LifecycleNode, settings: Mapping[str, Any], qos: QoSProfile,
-                 on_frame: Callable[[Frame], None], event_callbacks: Any = None) -> None:
+                 on_frame: Callable[[Frame], None], group: CallbackGroup, event_callbacks: Any = None) -> None:
         self._node = node
         self._on_frame = on_frame
         compressed = settings["image_transport"] == "compressed"
         msg_type = CompressedImage if compressed else Image
-        self.topic = node.resolve_topic_name("image") + "/compressed" if compressed else "image"
-        # Its own group, so that encoding a new vocabulary (a parameter callback) never delays image intake.
-        group = MutuallyExclusiveCallbackGroup()
+        topic = node.resolve_topic_name("image") + "/compressed" if compressed else "image"
         filters = _message_filters() if settings["use_depth"] else None
         self.depth = filters is not None
         if settings["use_depth"] and filters is None:
@@ -72,11 +72,11 @@ class FrameInput:
         self._subscriptions: list[Any] = []
         self._timer = None
         if not self.depth:
-            self.subscription = node.create_subscription(msg_type, self.topic, lambda msg: on_frame(Frame(msg)), qos,
+            self.subscription = node.create_subscription(msg_type, topic, lambda msg: on_frame(Frame(msg)), qos,
                                                          callback_group=group, event_callbacks=event_callbacks)
             self._subscriptions = [self.subscription]
             return
-        inputs = [filters.Subscriber(node, msg_type, self.topic, qos_profile=qos, callback_group=group,
+        inputs = [filters.Subscriber(node, msg_type, topic, qos_profile=qos, callback_group=group,
                                      event_callbacks=event_callbacks),
                   filters.Subscriber(node, Image, "depth", qos_profile=qos, callback_group=group),
                   filters.Subscriber(node, CameraInfo, "camera_info", qos_profile=qos, callback_group=group)]
@@ -91,12 +91,12 @@ class FrameInput:
         self._slop = float(settings["depth_slop"])
         self._timer = node.create_timer(SYNC_CHECK_S, self._check_sync, callback_group=group)
 
-    def describe(self) -> str:
-        """What is subscribed, for the node's log."""
-        names = [s.topic_name for s in self._subscriptions]
-        if self.depth:
-            return f"{', '.join(names)} (synchronised, slop {self._slop:g} s)"
-        return names[0]
+    def describe_depth(self) -> str:
+        """The depth inputs, for the node's log ("" without depth)."""
+        if not self.depth:
+            return ""
+        names = [s.topic_name for s in self._subscriptions[1:]]
+        return f", synchronised with {' and '.join(names)} (slop {self._slop:g} s)"
 
     def destroy(self) -> None:
         """Unsubscribe (no frame reaches ``on_frame`` after this returns)."""

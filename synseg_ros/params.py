@@ -6,18 +6,20 @@ change). ``coerce`` repairs what YAML makes of a typed value, in a parameter fil
 ``threshold 1`` -> an integer. ``validate`` holds the checks of the node's one set-parameters callback, types
 included (every parameter is declared with dynamic typing so that a wrong type is rejected by that callback
 with a reason, not by rclpy with its type numbers), and runs on start-up values as on later changes.
-Only ``descriptor``, ``declare_parameters`` and ``coerce`` need rclpy (imported there): the table and its checks
-also serve the bag tool, which runs without ROS.
+``NodeParameters`` declares the table on a node, installs the callbacks and keeps the current values.
+rclpy is imported only where a node or its messages are used: the table, ``coerce_value`` and ``validate`` also
+serve the bag tool (synseg_ros.segment_bag), which runs without ROS.
 """
 from __future__ import annotations
 
 import array
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:
-    from rcl_interfaces.msg import ParameterDescriptor
+    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.node import Node
     from rclpy.parameter import Parameter
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -269,3 +271,89 @@ def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:
     elif name == "max_categories" and len(settings["vocabulary"] or ()) > value:
         raise ValueError(f"max_categories={value} is less than the {len(settings['vocabulary'])} labels of the "
                          f"vocabulary")
+
+
+# Called with the new vocabulary and templates when either changes while a model is loaded; raises to refuse.
+VocabularyHook = Callable[[Sequence[str], "Sequence[str] | None"], None]
+
+
+class NodeParameters:
+    """The table declared on a node, its coercing, validating and applying callbacks, and the current values.
+
+    Args:
+        node: the node to declare the parameters on.
+        state: returns the node's lifecycle state (reload parameters change only while unconfigured).
+        on_vocabulary: encodes a new vocabulary before the set succeeds (``VocabularyHook``); raising refuses
+            the set with the exception's message.
+        on_applied: called with the names of the parameters a successful set changed.
+    """
+
+    def __init__(self, node: Node, state: Callable[[], str], on_vocabulary: VocabularyHook,
+                 on_applied: Callable[[set[str]], None]) -> None:
+        self._node = node
+        self._state = state
+        self._on_vocabulary = on_vocabulary
+        self._on_applied = on_applied
+        declare_parameters(node)
+        # Replaced (never mutated) on every change: a reader on another thread sees a consistent snapshot.
+        self.settings: dict[str, Any] = {spec.name: self._value(spec.name) for spec in PARAMETERS}
+        node.add_pre_set_parameters_callback(self._coerce)
+        node.add_on_set_parameters_callback(self._check)
+        node.add_post_set_parameters_callback(self._apply)
+
+    def _value(self, name: str) -> Any:
+        """A parameter's value, None when it is declared without one (an unset prompt_templates)."""
+        from rclpy.exceptions import ParameterUninitializedException
+
+        try:
+            return self._node.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+
+    def check_start_up(self) -> None:
+        """Run the start-up values through the coercion and checks of later changes, before any model loads.
+
+        Raises:
+            ValueError: with the reason a value is invalid.
+        """
+        settable = [spec.name for spec in PARAMETERS
+                    if spec.changes != START_UP and self.settings[spec.name] is not None]
+        result = self._node.set_parameters_atomically([self._node.get_parameter(name) for name in settable])
+        if not result.successful:
+            raise ValueError(result.reason)
+        for spec in PARAMETERS:
+            if spec.changes == START_UP:
+                validate(spec.name, self.settings[spec.name], self.settings)
+
+    def check_all(self) -> None:
+        """Validate every value that is set, together (at configure). Raises ValueError."""
+        for name, value in self.settings.items():
+            if value is not None:
+                validate(name, value, self.settings)
+
+    def _coerce(self, parameters: list[Parameter]) -> list[Parameter]:
+        return [coerce(p) for p in parameters]
+
+    def _check(self, parameters: list[Parameter]) -> SetParametersResult:
+        """The one validating callback: rejects with a reason, or encodes a new vocabulary."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        new = {**self.settings, **{p.name: p.value for p in parameters}}
+        state = self._state()
+        try:
+            for p in parameters:
+                spec = SPECS.get(p.name)
+                if spec is not None and spec.changes == UNCONFIGURED and state != "unconfigured":
+                    raise ValueError(f"{p.name} can change only while the node is unconfigured (it is {state}): "
+                                     f"deactivate and clean it up first; the new value applies at the next "
+                                     f"configure")
+                validate(p.name, p.value, new)
+            if new["vocabulary"] and any(p.name in STRING_ARRAYS for p in parameters):
+                self._on_vocabulary(new["vocabulary"], new["prompt_templates"])
+        except Exception as exc:  # validation errors and anything the text encoder raises: keep the old value
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply(self, parameters: list[Parameter]) -> None:
+        self.settings = {**self.settings, **{p.name: p.value for p in parameters}}
+        self._on_applied({p.name for p in parameters})

@@ -2,15 +2,12 @@
 
 ``synseg_model.Segmenter`` satisfies the protocol; so does ``FakeSegmenter``, a model-free stand-in whose
 activation for label i is colour channel i % 3 (R, G, B) of the image scaled to [0, 1], so that a test knows
-exactly which pixels each mask must hold, and whose cost per frame is that of copying the maps. Nothing here
-imports ROS or torch.
-
-    python -m synseg_ros.segmenter [--delay S] --ros-args ...    # the synseg node on the fake
+exactly which pixels each mask must hold, and whose cost per frame is that of copying the maps.
+``load_segmenter`` builds the real one from the node's parameters. Nothing here imports ROS, nor torch until
+a real model is loaded. ``python -m synseg_ros.fake_node`` runs the node on the fake.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -46,7 +43,7 @@ SegmenterFactory = Callable[[Mapping[str, Any]], Segmenter]
 
 
 def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
-    """The default factory: a ``synseg_model.Segmenter`` configured by the node's parameters."""
+    """The node's default factory: a ``synseg_model.Segmenter`` configured by the node's parameters."""
     # Imported here so that torch loads only when a real model is used (not for --help or test fakes).
     from synseg_model import Segmenter as ModelSegmenter
 
@@ -93,17 +90,3 @@ class FakeSegmenter:
         probabilities = np.stack([channels[i % 3] for i in range(len(labels))])
         peaks = np.array([c.max() for c in channels], np.float32)
         return FakeSegmentation(labels, probabilities, peaks[np.arange(len(labels)) % 3])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the synseg node with ``FakeSegmenter``; arguments as the node's plus ``--delay``."""
-    from synseg_ros.node import main as node_main
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds the fake model takes per frame")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return node_main(rest, segmenter_factory=lambda settings: FakeSegmenter(settings, args.delay))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -80,10 +80,23 @@ class Probe:
         return self.node.get_clock().now().to_msg()
 
     def wait_for_node(self, timeout: float = TIMEOUT_S, active: bool = True) -> None:
-        """Until the synseg node's services are there and, if ``active``, its image subscription is matched."""
+        """Until the synseg node's services answer and, if ``active``, its image subscription is matched."""
         wait_until(lambda: self.set_client.service_is_ready() and self.get_client.service_is_ready()
                    and self.change_state_client.service_is_ready()
                    and (not active or self.image_pub.get_subscription_count() > 0), timeout, "the synseg node")
+        # A client is "ready" once it has matched the server, but the server may not have matched the client's
+        # reply reader yet; Fast DDS then drops the reply ("failed to send response (timeout)"), which a loaded
+        # machine makes likely. A harmless request per client, repeated until one is answered, waits for both.
+        for client, request in ((self.get_client, GetParameters.Request()), (self.set_client, SetParameters.Request()),
+                                (self.get_state_client, GetState.Request())):
+            wait_until(lambda c=client, r=request: self._answered(c, r), timeout, f"an answer from {client.srv_name}")
+
+    def _answered(self, client: Any, request: Any, wait: float = 1.0) -> bool:
+        future = client.call_async(request)
+        deadline = time.monotonic() + wait
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return future.done()
 
     def change_state(self, transition: str, timeout: float = TIMEOUT_S) -> bool:
         """Ask for a lifecycle transition by its label (configure, activate, ...); True if it succeeded."""

@@ -18,12 +18,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from synseg_ros import processes
 from tests import depth_scene as scene
 from tests.ros_helpers import Probe, image_msg, mask_array, stop_node, wait_until
-from tests.ros_processes import REPO_ROOT, ROS_PYTHON_DIRS, VISION_MSGS_DIRS, start_node
+from tests.ros_processes import REPO_ROOT, ROS_PYTHON_DIRS, TIMEOUT_S, VISION_MSGS_DIRS, start_node
 from tests.test_ros_depth import components, encode, textured_scene
 
 pytestmark = pytest.mark.ros
 
-FAKE_NODE = "synseg_ros.segmenter"
+FAKE_NODE = "synseg_ros.fake_node"
 
 
 def vision_msgs_problem() -> str | None:
@@ -279,8 +279,9 @@ def send_rgbd(probe: Probe, encoding: str, depth_fields: dict | None = None, top
         probe.info_pub.publish(info)
         return image_msg(scene.colour(), "rgb8", stamp, frame_id="color_optical")
 
+    # Three messages of 1.5 MB in all per try: a loaded machine can take a few tries to deliver them together.
     return probe.publish_until(make, lambda: with_stamp(probe, topic, sent["stamp"]), period=0.3,
-                               what=f"{topic} of an RGB-D frame")[0]
+                               timeout=3 * TIMEOUT_S, what=f"{topic} of an RGB-D frame")[0]
 
 
 @needs_vision_msgs

@@ -163,7 +163,7 @@ def test_a_missing_checkpoint_is_fatal_and_the_node_exits_1(tmp_path):
 def test_ros2_lifecycle_drives_the_node(tmp_path):
     """The fake-model node, unconfigured at start, through every transition with `ros2 lifecycle set`."""
     log = tmp_path / "node.log"
-    node = start_node("synseg_ros.segmenter", ["--ros-args", "-r", "__ns:=/cli"], log)
+    node = start_node("synseg_ros.fake_node", ["--ros-args", "-r", "__ns:=/cli"], log)
     try:
         wait_for_node("/cli/synseg", node, 30.0)
         assert lifecycle("get", "/cli/synseg").startswith("unconfigured")
@@ -188,7 +188,7 @@ def test_shutdown_answers_the_caller_and_the_process_exits_0_every_time(tmp_path
     """
     for attempt in range(4):
         log = tmp_path / f"node{attempt}.log"
-        node = start_node("synseg_ros.segmenter", ["--ros-args", "-r", "__ns:=/down"], log)
+        node = start_node("synseg_ros.fake_node", ["--ros-args", "-r", "__ns:=/down"], log)
         try:
             wait_for_node("/down/synseg", node, 30.0)
             assert "Transitioning successful" in lifecycle("set", "/down/synseg", "shutdown", attempts=1), attempt

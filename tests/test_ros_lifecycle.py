@@ -130,7 +130,8 @@ def test_failed_configure_stays_unconfigured_and_says_why(ros_context):
 @pytest.mark.slow
 def test_default_model_lifecycle_timings(ros_context):
     """The real offline default model through configure, activate, deactivate and cleanup (timed)."""
-    from synseg_ros.node import SynSegNode, load_segmenter
+    from synseg_ros.node import SynSegNode
+    from synseg_ros.segmenter import load_segmenter
 
     built: list[weakref.ref] = []
 

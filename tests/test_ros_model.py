@@ -20,12 +20,12 @@ SEED = 7
 # Classes covering less of an image than this are too small to score reliably at 64 px.
 MIN_CLASS_FRACTION = 0.02
 # Scored apart: the classes the default model was trained densely on (its model card's `seen_in_stage2`) and
-# those it learnt from captions alone (README, "Shapes world"). MEASURED_IOU is what this test measured with
+# those it learnt from captions alone (docs/shapes.md). MEASURED_IOU is what this test measured with
 # the committed model, and the bounds sit a margin below it, so that it tests the node's path (conversion,
 # model, thresholding, messages), not the model's edge. The seen classes' masks must also overlap the truth
 # clearly better than whole-image masks do. The unseen ones beat them, not yet by that margin (0.401 against
 # 0.343): whole-image masks of a background score high. Their bound alone still fails a model that never
-# learnt them (the stage-2 model's masks: 0.0 node-mask mIoU on them, README "Shapes world").
+# learnt them (the stage-2 model's masks: 0.0 node-mask mIoU on them, docs/shapes.md).
 MEASURED_IOU = {"seen": 0.742, "unseen": 0.401}
 MARGIN = 0.1
 MIN_GAIN_OVER_WHOLE_IMAGE = 0.1

@@ -1,4 +1,4 @@
-"""The synseg node over real DDS on loopback, with the fake model in a separate process (synseg_ros.segmenter).
+"""The synseg node over real DDS on loopback, with the fake model in a separate process (synseg_ros.fake_node).
 
 The fake's activation for label i is colour channel i % 3, so each test knows which pixels every mask must
 hold. Run under the network rule: `make test` (see tests/conftest.py).
@@ -21,7 +21,7 @@ from tests.ros_processes import TIMEOUT_S, start_node
 
 pytestmark = pytest.mark.ros
 
-FAKE_NODE = "synseg_ros.segmenter"          # python -m synseg_ros.segmenter: the node on the fake model
+FAKE_NODE = "synseg_ros.fake_node"          # python -m synseg_ros.fake_node: the node on the fake model
 
 IMAGE_TOPIC = "/test/image_raw"
 H, W = 48, 64

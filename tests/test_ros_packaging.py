@@ -32,7 +32,7 @@ def exec_depends() -> set[str]:
 
 def readme_pip_line() -> set[str]:
     readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### In a ROS 2 workspace", 1)[1].split("\n### ", 1)[0]
+    section = readme.split("## On a robot", 1)[1].split("\n## ", 1)[0]
     line = next(line for line in section.splitlines() if line.startswith("pip install "))
     return {word.lower() for word in line.split("#")[0].split()[2:]}
 

@@ -39,7 +39,7 @@ def _configured(factory, overrides=()):
 @pytest.mark.ros
 def test_default_vocabulary_is_the_default_models_card(ros_context):
     from synseg_model import load_checkpoint
-    from synseg_ros.node import load_segmenter
+    from synseg_ros.segmenter import load_segmenter
 
     node = _configured(load_segmenter, [Parameter("device", value="cpu"), Parameter("backend", value="torch")])
     try:

@@ -152,7 +152,8 @@ def test_noun_shards_carry_the_caption_labels(tiny_data, tmp_path):
     import webdataset as wds
 
     from training import prepare_labels
-    from training.shapes.clip_stage import shard_pattern, write_noun_shards
+    from training.shapes.clip_stage import write_noun_shards
+    from training.shapes.data_stage import shard_pattern
 
     pattern, count = shard_pattern(tiny_data / "train")
     prepare_labels.main(["--shards", pattern, "--out", str(tmp_path / "labels")])
@@ -185,8 +186,12 @@ def test_three_stages_ci_sized(tmp_path):
     from synseg_model import default_checkpoint_path, load_checkpoint, save_checkpoint
     from training.shapes.clip_stage import register_model_config
     from training.shapes.config import load_pipeline_config
-    from training.shapes.pipeline import Pipeline, Run
+    from training.shapes.data_stage import data_matches
+    from training.shapes.pipeline import Pipeline
+    from training.shapes.results import evaluate_run
     from training.shapes.score import score_split
+    from training.shapes.training_runs import finished_with
+    from training.shapes.variants import Run, step_states
 
     cfg = load_pipeline_config("config/shapes/pipeline.yaml", [
         "data.train=64", "data.val=4", "data.dev=4", "data.gate=6", "data.shard_size=32", "data.workers=1",
@@ -198,17 +203,16 @@ def test_three_stages_ci_sized(tmp_path):
         '"optim.warmup_steps=1", "optim.lr=3e-3", "data.shuffle_buffer=8"]',
         'stage3.overrides=["train.steps=10", "train.batch_size=8", "train.log_every=1", "data.workers=0", '
         '"optim.warmup_steps=1", "optim.lr=1e-3", "data.shuffle_buffer=8", "train.ckpt_every=5"]',
-        "variants.open_vocab.overrides=[loss.projector_warmup_steps=4, optim.projector_lr_mult=10, "
-        "loss.projector_input=visual, loss.peak_weight=1.0, loss.anchor_weight=1.0, loss.anchor_min_peak=0.5]",
-        "variants.warmup.overrides=[loss.projector_warmup_steps=4, optim.projector_lr_mult=10]",
+        'variants.open_vocab.overrides=["optim.projector_warmup={steps: 4, lr_mult: 10}", '
+        '"loss.mccl.projector_input=visual", "loss.peak={weight: 1.0}", "loss.anchor={weight: 1.0, min_peak: 0.5}"]',
+        'variants.warmup.overrides=["optim.projector_warmup={steps: 4, lr_mult: 10}"]',
     ])
     pipeline = Pipeline(cfg, tmp_path)
     pipeline.make_data()
     labels = json.loads((tmp_path / "data/labels/00000.json").read_text())
     assert len(labels) == 32 and sum(map(len, labels.values())) > 32  # spaCy labels, joined by key
-    assert Pipeline(cfg, tmp_path, reuse=True)._data_matches()  # --reuse keeps this data...
-    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=1))
-    assert not Pipeline(other, tmp_path, reuse=True)._data_matches()  # ...not other data
+    assert data_matches(pipeline.folders, cfg.data, pipeline.world)  # --reuse keeps this data...
+    assert not data_matches(pipeline.folders, dataclasses.replace(cfg.data, seed=1), pipeline.world)  # ...not other
 
     clip_checkpoint, figures = pipeline.stage1()
     assert clip_checkpoint.is_file() and set(figures["auc"]) == set(pipeline.world.class_names)
@@ -222,18 +226,18 @@ def test_three_stages_ci_sized(tmp_path):
     arch = json.loads(Path("config/shapes/clip-shapes.json").read_text())
     (tmp_path / "clip-shapes.json").write_text(json.dumps({**arch, "quick_gelu": True}))
     changed = Pipeline(cfg, tmp_path, reuse=True)
-    changed.stage1_cfg["model_config"] = str(tmp_path / "clip-shapes.json")
+    changed.stage1_cfg.model_config = str(tmp_path / "clip-shapes.json")
     assert changed.stage1()[0] == clip_checkpoint and clip_checkpoint.stat().st_mtime_ns != written
     register_model_config("config/shapes/clip-shapes.json")  # open_clip's registry is process-wide
 
-    stage2 = pipeline.stage2(clip_checkpoint)
+    stage2, _ = pipeline.stage2(clip_checkpoint)
     assert _falls(_losses(tmp_path / "stage2/train.log", r" bce=([\d.]+)"))
     written = stage2.stat().st_mtime_ns
-    assert Pipeline(cfg, tmp_path, reuse=True).stage2(clip_checkpoint) == stage2  # --reuse: not retrained
+    assert Pipeline(cfg, tmp_path, reuse=True).stage2(clip_checkpoint)[0] == stage2  # --reuse: not retrained
     assert stage2.stat().st_mtime_ns == written
     # A stage 1 taken from a checkpoint's CLIP: written in open_clip's layout, gated, the same CLIP.
     borrowed = Pipeline(dataclasses.replace(cfg, stage1_from=str(stage2)), tmp_path / "borrowed")
-    borrowed.data = pipeline.data
+    borrowed.folders = pipeline.folders
     taken, _ = borrowed.stage1()
     assert torch.equal(torch.load(taken)["state_dict"]["visual.conv1.weight"],
                        torch.load(clip_checkpoint, weights_only=False)["state_dict"]["visual.conv1.weight"])
@@ -249,10 +253,10 @@ def test_three_stages_ci_sized(tmp_path):
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
     init = save_checkpoint(start_model, tmp_path / "start.safetensors")
-    start = score_split(start_model, pipeline.test_root)
-    run = pipeline.stage3("open_vocab", 0, init)
+    start = score_split(start_model, pipeline.folders.test)
+    run = pipeline.variants.run("open_vocab", 0, init)
     assert run.step is None and _falls(_losses(tmp_path / "stage3/open_vocab/seed0/train.log", r" total=([\d.]+)"))
-    end = score_split(load_checkpoint(run.checkpoint), pipeline.test_root)
+    end = score_split(load_checkpoint(run.checkpoint), pipeline.folders.test)
     assert end["act_on"] - end["act_off"] > 0.5 * (start["act_on"] - start["act_off"]) > 0, (start, end)
     # --reuse keeps a finished run of the same resolved config, and only that, also when the config code has
     # gained an option since (it compares at the option's default).
@@ -260,34 +264,38 @@ def test_three_stages_ci_sized(tmp_path):
     again = Pipeline(cfg, tmp_path, reuse=True)
     resolved = tmp_path / "stage3/open_vocab/seed0/config.yaml"
     tree = yaml.safe_load(resolved.read_text())
-    del tree["loss"]["peak_relative_weight"]
+    del tree["loss"]["peak_relative"]
     resolved.write_text(yaml.safe_dump(tree))
-    assert again.stage3("open_vocab", 0, init).checkpoint.stat().st_mtime_ns == written
-    assert not again._finished_with(tmp_path / "stage3/open_vocab/seed0", [
-        "--config", str(tmp_path / "stage3/open_vocab/seed0.yaml"), *again.variant_overrides("open_vocab"),
-        "train.seed=1", f"train.out_dir={tmp_path / 'stage3/open_vocab/seed0'}", "train.threads=1"], None)
+    assert again.variants.run("open_vocab", 0, init).checkpoint.stat().st_mtime_ns == written
+    run_dir, recipe = tmp_path / "stage3/open_vocab/seed0", again.variants.overrides("open_vocab")
+    assert finished_with(run_dir, again.training.stage3_config("open_vocab", recipe, 0, init), init)
+    assert not finished_with(run_dir, again.training.stage3_config("open_vocab", recipe, 1, init), init)
+    tree["loss"]["peak_weight"] = tree["loss"].pop("peak")["weight"]  # as written before the terms had sections
+    resolved.write_text(yaml.safe_dump(tree))
+    assert not finished_with(run_dir, again.training.stage3_config("open_vocab", recipe, 0, init), init)
 
-    selected = pipeline.stage3("area_low", 0, stage2)  # select: dev keeps the step best on dev
+    selected = pipeline.variants.run("area_low", 0, stage2)  # select: dev keeps the step best on dev
     curve = json.loads((tmp_path / "stage3/area_low/seed0/dev_curve.json").read_text())
     assert set(curve) == {"0", "5", "10"} and selected.dev_miou == curve[str(selected.step)]["miou"]
     assert selected.dev_miou == max(c["miou"] for c in curve.values()) and selected.checkpoint.is_file()
 
     # The best recipe is the candidate best on dev over its seeds; its ablations inherit that candidate's
     # overrides and keep the step it was chosen at, seed by seed.
+    variants = pipeline.variants
     with pytest.raises(ValueError, match="must run before it"):
-        pipeline.choose("best")
-    pipeline.runs.update(area_low={0: Run(stage2, 0, 1.0)}, area_high={0: Run(stage2, 5, 3.0)},
+        variants.choose("best")
+    variants.runs.update(area_low={0: Run(stage2, 0, 1.0)}, area_high={0: Run(stage2, 5, 3.0)},
                          area_high_slow={0: Run(stage2, 10, 2.0)})
-    assert pipeline.choose("best") == "area_high" and pipeline.runs["best"][0].step == 5
+    assert variants.choose("best") == "area_high" and variants.runs["best"][0].step == 5
     high = pipeline.cfg.variants["area_high"].overrides
-    assert pipeline.variant_overrides("no_sep") == high + ["loss.weights=[1.0, 1.0, 1.0, 0.0]"]
-    ablation = pipeline.stage3("no_sep", 0, stage2)
-    at_5 = pipeline.step_states(tmp_path / "stage3/no_sep/seed0")[5]
+    assert variants.overrides("no_sep") == high + ["loss.mccl.sep=0.0"]
+    ablation = variants.run("no_sep", 0, stage2)
+    at_5 = step_states(tmp_path / "stage3/no_sep/seed0")[5]
     assert load_checkpoint(ablation.checkpoint).model_card["selected_step"] == 5 and ablation.step == 5
     assert all(torch.equal(load_checkpoint(ablation.checkpoint).state_dict()[k], v) for k, v in at_5.items())
 
-    row = pipeline.evaluate_run(run)
-    assert row["test"] == score_split(load_checkpoint(run.checkpoint), pipeline.test_root,
+    row = evaluate_run(run, pipeline.folders.test, pipeline.folders.dev, pipeline.seen_classes)
+    assert row["test"] == score_split(load_checkpoint(run.checkpoint), pipeline.folders.test,
                                       pipeline.seen_classes)  # each figure is that of the split it names
     assert row["test"]["num_images"] == row["dev"]["num_images"] == 4
     assert row["test"]["per_class"] != row["dev"]["per_class"]  # two different splits
@@ -308,10 +316,89 @@ def test_pipeline_config_errors_come_before_any_work(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_pipeline_config(path, [override])
     # A variant's training overrides are checked against the training config when the pipeline is built.
-    cfg = load_pipeline_config(path, ['variants.ov_no_sep.overrides=["loss.peek_weight=1"]'])
-    with pytest.raises(ConfigError, match="variants.ov_no_sep: .*unknown config key 'loss.peek_weight'"):
+    cfg = load_pipeline_config(path, ['variants.ov_no_sep.overrides=["loss.peek={weight: 1}"]'])
+    with pytest.raises(ConfigError, match="variants.ov_no_sep: .*unknown config key 'loss.peek'"):
+        Pipeline(cfg, tmp_path)
+    cfg = load_pipeline_config(path, ['stage1.overrides=["batch_sise=16"]'])
+    with pytest.raises(ConfigError, match="stage1.yaml: unknown config key 'batch_sise'"):
         Pipeline(cfg, tmp_path)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("file, extra, message", [
+    ("world.yaml", "colour_jitter: 40\n", "unknown config key 'colour_jitter'"),
+    ("world.yaml", "closeup: {prob: 0.3, radius: [0.3, 0.42], jiter: 0.08}\n", "unknown config key 'closeup.jiter'"),
+    ("world.yaml", "shape_params: {rotation_deg: 25}\n", "config key 'shape_params.ring_inner' is required"),
+    ("stage1.yaml", "sample_shufle_buffer: 8\n", "unknown config key 'sample_shufle_buffer'"),
+    ("stage1.yaml", "phases: [{name: a, epochs: 1, caption: nouns}]\n", "unknown config key 'phases[0].caption'"),
+    ("stage1.yaml", "gate: {template: 'a {}', min_auc: high, max_text_cosine: 0.9, min_visible_pixels: 20}\n",
+     "'gate.min_auc': expected a number"),
+])
+def test_a_typo_in_the_world_or_stage1_file_is_refused(tmp_path, file, extra, message):
+    """The world and stage-1 files are built like the training config: no key is silently ignored."""
+    from training.config import ConfigError
+    from training.shapes.config import load_stage1_config
+
+    path = tmp_path / file
+    path.write_text(Path("config/shapes", file).read_text() + extra)  # a later key replaces an earlier one
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_world(path) if file == "world.yaml" else load_stage1_config(path)
+
+
+MCCL_FOUR = {"align", "cont", "back", "sep"}
+# What the results table's rows say they train, in the words of their labels: the rows a label can start from...
+ROW_STARTS = {
+    "stage 2 + paper-exact MCCL": {"terms": MCCL_FOUR},
+    "candidate: clamp + L_area": {"terms": MCCL_FOUR | {"area"}, "clamp": True},
+    "L_align only": {"terms": {"align"}},
+    "paper-exact MCCL after a projector warm-up": {"terms": MCCL_FOUR, "warmup": True},
+    "open-vocabulary recipe": {"terms": MCCL_FOUR | {"peak", "absent", "anchor"}, "warmup": True, "input": "visual"},
+}
+# ...and what the phrases after another row's letter change.
+ROW_CHANGES = {
+    r"without L_(\w+)": lambda claim, term: {**claim, "terms": claim["terms"] - {term}},
+    r"without the four MCCL losses": lambda claim: {**claim, "terms": claim["terms"] - MCCL_FOUR, "input": None,
+                                                    "clamp": None},
+    r"\+ L_peak where the label leads": lambda claim: {**claim, "terms": claim["terms"] | {"peak_relative"}},
+    r"with the paper's conditional projector input": lambda claim: {**claim, "input": "conditional"},
+    r"without the projector warm-up": lambda claim: {**claim, "warmup": False},
+    r"for (\d+) steps": lambda claim, steps: {**claim, "steps": int(steps)},
+}
+
+
+def _row_claim(label: str, claims: dict[str, dict]) -> dict:
+    """What a row label says its run trains (``claims``: those of the rows before it, by letter)."""
+    letter, text = re.fullmatch(r"(\(\w\)) (.*)", label).groups()
+    start = re.match(r"(\(\w\)) ", text)
+    if start:
+        claim, text = claims[start.group(1)], text[start.end():]
+        changes = [(change, match.groups()) for pattern, change in ROW_CHANGES.items()
+                   for match in [re.fullmatch(pattern, text)] if match]
+        assert len(changes) == 1, f"{label!r}: no single change in {list(ROW_CHANGES)}"
+        return changes[0][0](claim, *changes[0][1])
+    (claim,) = [c for phrase, c in ROW_STARTS.items() if text.startswith(phrase)]
+    return {"warmup": False, "input": "conditional", "clamp": False, "steps": 300, **claim}
+
+
+@pytest.mark.parametrize("chosen", ["area_low", "area_high", "area_high_slow"])
+def test_each_variant_trains_what_its_row_says(chosen, tmp_path):
+    """Every stage-3 row's resolved training config has the terms, warm-up, projector input, cosine clamp and
+    length its label names ((d)'s ablations are checked with each candidate it may choose)."""
+    from training.shapes.config import load_pipeline_config
+    from training.shapes.pipeline import Pipeline
+
+    pipeline = Pipeline(load_pipeline_config("config/shapes/pipeline.yaml"), tmp_path)
+    pipeline.variants.chosen["best"] = chosen
+    claims: dict[str, dict] = {}
+    for name, spec in pipeline.cfg.variants.items():
+        claim = _row_claim(pipeline.cfg.variants[chosen].row if spec.choose else spec.row, claims)
+        claims.setdefault(spec.row[:3], claim)
+        cfg = pipeline.training.config("stage3", pipeline.variants.overrides(name))
+        mccl = cfg.loss.mccl
+        trains = {"terms": set(cfg.loss.terms()), "warmup": cfg.optim.projector_warmup is not None,
+                  "input": mccl and mccl.projector_input, "clamp": mccl and mccl.sim_clip[1] > 0.995,
+                  "steps": cfg.train.steps}
+        assert trains == claim, (name, spec.row)
 
 
 # mIoU points the committed model may lose on freshly generated scenes against the test-split figures in its

@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from train_helpers import write_shards, write_sidecars
 
 from synseg_model import SynSeg, get_model_config, load_checkpoint, mccl_loss
+from synseg_model.losses import peak_loss
 from training import tasks
 from training.checkpoint import list_checkpoints
-from training.config import LossConfig
+from training.config import AbsentLoss, AnchorLoss, AreaLoss, LossConfig, MCCLLoss, PeakLoss
 from training.text_cache import TextEmbeddingCache
 from training.train import EXPORT_NAME, main
 
@@ -97,7 +98,7 @@ def test_task_losses_match_their_definitions(tiny_model):
     batch = {"image": torch.randn(2, 3, 64, 64), "labels": [["cat", "dog"], ["cat"]],
              "label_mask": torch.tensor([[True, True], [True, False]])}
     cache = TextEmbeddingCache(model, ["a photo of a {}."])
-    task = tasks.create_task("mccl", model, cache, LossConfig(weights=[1.0, 0.0, 2.0, 1.0]))
+    task = tasks.create_task("mccl", model, cache, LossConfig(mccl=MCCLLoss(align=1.0, cont=0.0, back=2.0, sep=1.0)))
     losses = task.training_forward(batch)
     assert set(losses) == {"align", "back", "sep"}  # a zero weight removes its term
     out = model(batch["image"], cache.batch_embeddings(batch["labels"]), return_synergy=True)
@@ -126,7 +127,8 @@ def test_stabiliser_terms_area_and_anchor(tiny_model):
     batch = {"image": torch.randn(2, 3, 64, 64), "labels": [["cat", "dog"], ["cat"]],
              "label_mask": torch.tensor([[True, True], [True, False]])}
     cache = TextEmbeddingCache(model, ["a photo of a {}."])
-    task = tasks.create_task("mccl", model, cache, LossConfig(area_weight=0.5, anchor_weight=2.0))
+    loss = LossConfig(area=AreaLoss(weight=0.5), anchor=AnchorLoss(weight=2.0, min_peak=0.0))
+    task = tasks.create_task("mccl", model, cache, loss)
     # The anchor is a frozen copy of the starting model that shares its CLIP and stays in eval mode.
     assert task.anchor.clip is model.clip and task.anchor.decoder is not model.decoder
     assert not any(p.requires_grad for p in task.anchor.decoder.parameters())
@@ -154,8 +156,9 @@ def test_open_vocabulary_terms_peak_absent_and_confident_anchor(tiny_model):
     batch = {"image": torch.randn(3, 3, 64, 64), "labels": [["cat", "dog"], ["cat"], ["tree"]],
              "label_mask": torch.tensor([[True, True], [True, False], [True, False]])}
     cache = TextEmbeddingCache(model, ["a photo of a {}."])
-    loss = LossConfig(peak_weight=1.0, peak_fraction=0.05, absent_weight=1.0, absent_labels=2, anchor_weight=1.0,
-                      anchor_min_peak=0.0, absent_max_cosine=1.0, projector_input="visual")
+    loss = LossConfig(mccl=MCCLLoss(projector_input="visual"), peak=PeakLoss(weight=1.0, fraction=0.05),
+                      absent=AbsentLoss(weight=1.0, labels=2, max_cosine=1.0, min_peak=1.0),
+                      anchor=AnchorLoss(weight=1.0, min_peak=0.0))
     task = tasks.create_task("mccl", model, cache, loss).eval()
     logits = model(batch["image"], cache.batch_embeddings(batch["labels"]))
     top = logits.flatten(2).topk(round(0.05 * 64 * 64), dim=-1).values                      # (B, K, n)
@@ -167,19 +170,20 @@ def test_open_vocabulary_terms_peak_absent_and_confident_anchor(tiny_model):
     names, mask = task.absent_candidates(batch["labels"])
     assert mask.tolist() == [[True, False], [True, True], [True, True]]
     assert names[0][0] == "tree" and set(names[1]) == {"dog", "tree"} and set(names[2]) == {"cat", "dog"}
-    task.absent_max_cosine = -1.0  # every pair counts as near-synonyms: nothing is absent
+    loss.absent.max_cosine = -1.0  # every pair counts as near-synonyms: nothing is absent
     assert not task.absent_candidates(batch["labels"])[1].any()
     assert "absent" not in task.training_forward(batch)
-    task.absent_max_cosine = loss.absent_max_cosine
-    # What the starting model recognises in an image (peak above anchor_min_peak) is never taken as absent
-    # (nor anchored below it): at 0 every label is recognised, at 1 none is.
+    loss.absent.max_cosine = 1.0
+    # What the starting model recognises in an image (its map peaks above the term's min_peak) is never taken
+    # as absent, and only that is anchored; each term has its own threshold. At 1 no label is recognised, near 0
+    # every one is (the config refuses 0 for L_absent: the term would always be 0).
     losses = task.training_forward(batch)
-    assert losses["absent"] == 0 and losses["anchor"] > 0
-    task.anchor_min_peak = 1.0
-    losses = task.training_forward(batch)
-    assert losses["absent"] > 0 and losses["anchor"] == 0
+    assert losses["absent"] > 0 and losses["anchor"] > 0
     losses["absent"].backward()
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.decoder.parameters())
+    loss.absent.min_peak, loss.anchor.min_peak = 1e-6, 1 - 1e-6
+    losses = task.training_forward(batch)
+    assert losses["absent"] == 0 and losses["anchor"] == 0
 
 
 def test_relative_peak_pulls_a_label_up_where_it_leads_not_where_its_map_is_highest():
@@ -191,14 +195,14 @@ def test_relative_peak_pulls_a_label_up_where_it_leads_not_where_its_map_is_high
     logits[0, 2] = 9.0               # a padding slot: never a rival
     logits.requires_grad_(True)
     mask = torch.tensor([[True, True, False]])
-    tasks.MCCLTask.peak_term(logits, mask, 0.5, relative=True).backward()
+    peak_loss(logits, mask, 0.5, relative=True).backward()
     wood = logits.grad[0, 1]
     assert (wood[2:] < 0).all() and (wood[:2] == 0).all()   # pulled up (descent) in the bottom half only
     logits.grad = None
-    tasks.MCCLTask.peak_term(logits, mask, 0.5).backward()
+    peak_loss(logits, mask, 0.5).backward()
     assert (logits.grad[0, 1, :2] < 0).all() and (logits.grad[0, 1, 2:] == 0).all()   # own highest: the top
     alone = torch.zeros(1, 2, 2, 2, requires_grad=True)      # a label alone in its image: its own map decides
-    tasks.MCCLTask.peak_term(alone, torch.tensor([[True, False]]), 0.25, relative=True).backward()
+    peak_loss(alone, torch.tensor([[True, False]]), 0.25, relative=True).backward()
     assert (alone.grad[0, 0] != 0).sum() == 1
 
 
@@ -288,8 +292,8 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
 
 
 def test_projector_warmup_freezes_the_decoder_then_resumes_exactly(data, tmp_path):
-    common = ("train.steps=6", "train.ckpt_every=1", "train.keep_checkpoints=10", "loss.projector_warmup_steps=3",
-              "optim.projector_lr_mult=10", "optim.warmup_steps=2")
+    common = ("train.steps=6", "train.ckpt_every=1", "train.keep_checkpoints=10",
+              "optim.projector_warmup={steps: 3, lr_mult: 10}", "optim.warmup_steps=2")
     whole = main(_argv(data, tmp_path / "whole", *common))
     torch.manual_seed(0)  # as training.train builds its model: the same seed gives the same initial weights
     start = SynSeg(get_model_config("synseg-tiny")).state_dict()
@@ -319,9 +323,8 @@ def test_projector_warmup_schedule():
     from training.config import config_from_dict
     from training.train import build_optimizer, build_scheduler
 
-    cfg = config_from_dict({"model": "synseg-tiny", "data": {"shards": "x", "labels_dir": "y"},
-                            "loss": {"projector_warmup_steps": 4}, "train": {"steps": 14},
-                            "optim": {"lr": 1.0, "warmup_steps": 2, "projector_lr_mult": 10.0}})
+    cfg = config_from_dict({"model": "synseg-tiny", "data": {"shards": "x", "labels_dir": "y"}, "train": {"steps": 14},
+                            "optim": {"lr": 1.0, "warmup_steps": 2, "projector_warmup": {"steps": 4, "lr_mult": 10.0}}})
     decoder, projector = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2, 2))
     optimizer = build_optimizer(cfg, [decoder, projector], [projector])
     scheduler = build_scheduler(optimizer, cfg)

@@ -14,9 +14,12 @@ from typing import Any, Union
 
 import yaml
 
+from synseg_model.losses import MCCL_TERMS
+
 TASKS = ("mccl", "dense_bce")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PROJECTOR_INPUTS = ("conditional", "visual")
+ADDED_TERMS = ("area", "peak", "peak_relative", "anchor", "absent")  # LossConfig's sections besides mccl
 
 
 class ConfigError(ValueError):
@@ -29,7 +32,7 @@ class DataConfig:
 
     shards: str = ""  # brace range, glob, or `pipe:` URL; several patterns joined with "::"
     labels_dir: str | None = None  # sidecars from `training.prepare_labels` (task mccl)
-    image_size: int = 224  # method.md section 4: images resized to 224x224 for training
+    image_size: int = 224  # training images are resized to this square side
     max_labels: int = 8  # labels per image kept [project default]
     classes: list[str] | None = None  # when set, only these labels are used (a disjoint part of a world)
     dense_negatives: int = 0  # dense_bce: absent classes added per image as all-negative referring masks
@@ -39,83 +42,112 @@ class DataConfig:
 
 
 @dataclass
-class LossConfig:
-    """Loss weights and options.
+class MCCLLoss:
+    """The paper's four losses, L_align, L_cont, L_back and L_sep (paper section 4.2, eq. 3-6:
+    `synseg_model.losses.mccl_loss`), with their weights lambda1..lambda4 of eq. (7). A weight of 0 drops its
+    loss (the paper's Table 3)."""
 
-    `weights` are lambda1..lambda4 of method.md eq. (7) for mccl (align, cont, back, sep). Stabilisers of
-    MCCL are named options added here, each documented as a deviation from the paper and off by default,
-    so that the default run is paper-exact.
-    """
-
-    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # prompts for t_c
-    # --- MCCL stabilisers (issue 7, the shapes world). Each is a deviation from the paper; the defaults
-    # below are the paper's behaviour.
-    # sim_clip: the range cosine similarities are clipped to before the logs (paper: [0.005, 0.995]). With
-    #   the paper's 0.995, L_cont has zero gradient while fg and bg are nearly parallel (as at the start);
-    #   a higher upper bound (e.g. 0.99999) keeps that gradient and still keeps log(1 - sim) finite.
+    align: float = 1.0
+    cont: float = 1.0
+    back: float = 1.0
+    sep: float = 1.0
+    # The range the cosines are clipped to before the logs. Paper: [0.005, 0.995]. A higher upper bound is a
+    # deviation: with 0.995, L_cont has no gradient while fg and bg are nearly parallel, as at the start.
     sim_clip: list[float] = field(default_factory=lambda: [0.005, 0.995])
-    # area_weight: weight of an extra term L_area = mean activation sigmoid(logits) over each real label's
-    #   map (mean over labels and images), added to eq. (7). The paper expects L_back to keep foregrounds
-    #   from growing; on its own it does not (cosine ignores the scale of (1 - a)^T P), so this term
-    #   penalises the area directly. 0 = off (paper).
-    area_weight: float = 0.0
-    # anchor_weight: weight of an extra term L_anchor = per-pixel BCE of each real label's map against the
-    #   map of a frozen copy of the starting model (the stage-2 decoder in the shapes world; CLIPSeg in the
-    #   paper's setting), averaged over pixels and labels. It keeps MCCL from undoing what the dense stage got
-    #   right while the caption losses move the maps. 0 = off (paper).
-    anchor_weight: float = 0.0
-    # anchor_min_peak: apply L_anchor only to the labels whose map in the starting model peaks above this
-    #   (the labels the dense stage already recognises in the image), leaving the others free to be learnt
-    #   from the captions. 0 = every label.
-    anchor_min_peak: float = 0.0
-    # absent_weight: weight of an extra term L_absent: for each image, up to `absent_labels` labels of the
-    #   other images of the batch that its own caption does not name (nor a near-synonym: text cosine above
-    #   `absent_max_cosine` with one of its labels) are taken as probably absent, and the top `peak_fraction`
-    #   of their maps is pushed below the threshold (BCE towards 0). MCCL only ever sees the labels an image
-    #   has, so nothing else tells a label's map to stay off images without it. Captions leave things out,
-    #   so a label the starting model recognises in the image (its map peaks above `anchor_min_peak`) is never
-    #   taken as absent. 0 = off (paper).
-    absent_weight: float = 0.0
-    absent_labels: int = 2
-    absent_max_cosine: float = 0.9
-    # --- MCCL schedule and reading choices (issue 17). The paper states no learning rate, schedule or step
-    # count; these are schedule choices, not changes of the losses.
-    # projector_warmup_steps: the first N steps train the FSS projector alone (the decoder's learning rate is
-    #   0), so that MCCL's first gradients reach the decoder through a fitted projector instead of a random one
-    #   (stage 2 / CLIPSeg never train it). 0 = off (paper).
-    projector_warmup_steps: int = 0
-    # projector_input: what the FSS projector reads. "conditional": the conditional visual vectors (FiLM
-    #   output), as the paper says; "visual": the decoder's label-free token features (the sum of the layer
-    #   reductions, before FiLM), a deviation: with the conditional input the projector can read the label
-    #   from FiLM's shift and meet L_align with any map.
+    # What the FSS projector reads (`SynSeg.decode`): "conditional", FiLM's output, as the paper has it (section
+    # 4.3), or "visual", the decoder's label-free tokens (a deviation: from the conditional vectors the
+    # projector can read the label off FiLM's shift and meet L_align with any map).
     projector_input: str = "conditional"
-    # peak_weight: weight of an extra term L_peak, the mean -log activation over the top `peak_fraction` of
-    #   each real label's map: a label the caption names is somewhere in the image, so its map must pass the
-    #   threshold somewhere. MCCL's cosines ignore a map's scale, so nothing else lifts the map of a label the
-    #   starting model is silent on; a map that already peaks near 1 gets almost no gradient. 0 = off (paper).
-    peak_weight: float = 0.0
-    peak_fraction: float = 0.02  # below the smallest object's share of the image (shapes world: about 2-5%)
-    # peak_relative_weight: weight of L_peak on other pixels (a stabiliser, not in the paper): the
-    #   `peak_fraction` where the label's map most exceeds the image's other labels' maps. A new label's own
-    #   highest pixels can lie on another label's region (a background's map starts around the objects);
-    #   these lie where the label is likeliest to be. 0 = off (paper).
-    peak_relative_weight: float = 0.0
+
+
+@dataclass
+class AreaLoss:
+    """L_area, the maps' mean activation (`synseg_model.losses.area_loss`; a deviation)."""
+
+    weight: float
+
+
+@dataclass
+class PeakLoss:
+    """L_peak (`synseg_model.losses.peak_loss`; a deviation): a label the caption names is somewhere in the
+    image, so its map is pulled above the threshold on `fraction` of the pixels: its highest ones (`loss.peak`)
+    or those where it most exceeds the image's other labels' maps (`loss.peak_relative`)."""
+
+    weight: float
+    fraction: float = 0.02  # below the smallest object's share of the image (shapes world: about 2-5%)
+
+
+@dataclass
+class AnchorLoss:
+    """L_anchor (`synseg_model.losses.anchor_loss`; a deviation): per-pixel BCE of each label's map against a
+    frozen copy of the starting model's, for the labels that model recognises in the image."""
+
+    weight: float
+    min_peak: float = 0.5  # recognised: the starting model's map peaks above this in the image (0: every label)
+
+
+@dataclass
+class AbsentLoss:
+    """L_absent (`synseg_model.losses.absent_loss`; a deviation): labels that other captions of the batch name
+    and this image's does not are taken as absent, and the top `fraction` of their maps is pushed below the
+    threshold."""
+
+    weight: float
+    labels: int = 2  # labels taken as absent per image, at most
+    max_cosine: float = 0.9  # text cosine above which a label is a near-synonym of one of the image's: never absent
+    fraction: float = 0.02
+    min_peak: float = 0.5  # a label the starting model's map peaks above this in the image is never absent
+
+
+@dataclass
+class LossConfig:
+    """The terms of the objective. A term is on when its section is set (null: off); the default is the
+    paper's, MCCL's four losses and nothing else. The trainer minimises the weighted sum of the terms that are
+    on (`training.tasks.MCCLTask`)."""
+
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # prompts for t_c
+    mccl: MCCLLoss | None = field(default_factory=MCCLLoss)
+    area: AreaLoss | None = None
+    peak: PeakLoss | None = None
+    peak_relative: PeakLoss | None = None
+    anchor: AnchorLoss | None = None
+    absent: AbsentLoss | None = None
+
+    def terms(self) -> dict[str, float]:
+        """The weight of every term that is on, by name, in the order the trainer sums them."""
+        weights = {}
+        if self.mccl is not None:
+            weights.update({name: getattr(self.mccl, name) for name in MCCL_TERMS if getattr(self.mccl, name)})
+        for name in ADDED_TERMS:
+            section = getattr(self, name)
+            if section is not None:
+                weights[name] = section.weight
+        return weights
+
+
+@dataclass
+class ProjectorWarmup:
+    """The first `steps` steps train the FSS projector alone (the decoder's lr is 0) at `lr_mult` times the lr,
+    after the linear warm-up; the usual schedule then runs over the remaining steps for every parameter. Neither
+    CLIPSeg nor a dense stage trains the projector, so MCCL's first gradients would otherwise reach the decoder
+    through a random one. A schedule choice: the paper states none."""
+
+    steps: int
+    lr_mult: float = 1.0
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warm-up then a cosine decay (method.md section 4 project defaults)."""
+    """AdamW with a linear warm-up then a cosine decay [project defaults: the paper states none]. Biases and
+    norms (1-D parameters) get no weight decay."""
 
     lr: float = 2e-4
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    decay_norm_and_bias: bool = False  # also apply weight decay to 1-D parameters (biases, norms)
-    projector_lr_mult: float = 1.0  # the FSS projector's lr multiplier during loss.projector_warmup_steps
+    projector_warmup: ProjectorWarmup | None = None
 
 
 @dataclass
@@ -173,6 +205,8 @@ class TrainingConfig:
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     """Check `value` against the annotation `kind`, converting YAML strings where that is unambiguous."""
+    if kind is Any:
+        return value
     origin = typing.get_origin(kind)
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
@@ -188,6 +222,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ValueError(errors[0] if len(errors) == 1 else f"config key {key!r}: {value!r} fits none of "
                          f"{[o.__name__ for o in options]}")
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key + ".")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key {key!r}: expected a list, got {value!r}")
@@ -199,8 +235,6 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if kind is dict:
             return value
         _, item = typing.get_args(kind)
-        if dataclasses.is_dataclass(item):
-            return {str(k): _build(item, v, f"{key}.{k}.") for k, v in value.items()}
         return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if kind is bool:
         if isinstance(value, bool):
@@ -232,19 +266,17 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         raise ValueError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, "
                          f"got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config key {prefix + unknown[0]!r} (known in this section: "
                          f"{', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in values.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, kind, prefix + name)
-    return cls(**kwargs)
+    missing = [f.name for f in fields if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"config key {prefix + missing[0]!r} is required")
+    return cls(**{name: _coerce(value, hints[name], prefix + name) for name, value in values.items()})
 
 
 def build_config(cls: type, values: dict, source: str) -> Any:
@@ -259,81 +291,126 @@ def build_config(cls: type, values: dict, source: str) -> Any:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def set_value(tree: dict, key: str, value: Any) -> None:
+    """Set the dotted `key` of a nested dict to `value`, making the sections on the way (a null one included).
+
+    Raises:
+        ValueError: an empty key part, or a part that is a value, not a section.
+    """
+    parts = key.split(".")
+    if any(not part for part in parts):
+        raise ValueError(f"{key!r} is not a dotted key (e.g. optim.lr)")
+    node = tree
+    for part in parts[:-1]:
+        if node.get(part) is None:  # a section switched off (null) is switched on by setting one of its keys
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ValueError(f"{key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
 def apply_override(tree: dict, override: str) -> None:
     """Apply one `dotted.key=value` override to a nested dict; the value is parsed as YAML.
 
     Raises:
-        ValueError: when the override has no `=` or an empty key.
+        ValueError: when the override has no `=`, an empty key, or reaches into a value.
     """
     key, sep, raw = override.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {override!r} must look like key=value "
                          "(dotted keys reach into sections, e.g. optim.lr=1e-4)")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    node = tree
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"override {override!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
+    try:
+        set_value(tree, key, yaml.safe_load(raw) if raw.strip() else None)
+    except ValueError as exc:
+        raise ValueError(f"override {override!r}: {exc}") from None
 
 
-def _check_values(cfg: TrainingConfig) -> None:
-    """Range and consistency checks that types alone cannot express."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ValueError(f"config key {key!r}: {why}")
+def need(ok: bool, key: str, why: str) -> None:
+    """The one consistency check of every config: raise naming the dotted key and the reason."""
+    if not ok:
+        raise ValueError(f"config key {key!r}: {why}")
 
-    need(cfg.task in TASKS, "task", f"must be one of {TASKS}, got {cfg.task!r}")
-    need((cfg.model is None) != (cfg.init_checkpoint is None), "model",
-         "give either a model (name, YAML path or fields) or an init_checkpoint (which has its own)")
-    need(cfg.init_decoder is None or cfg.model is not None, "init_decoder",
-         "loads into `model`; an init_checkpoint already holds its decoder")
-    need(bool(cfg.data.shards), "data.shards", "is required (a shard pattern)")
-    need(cfg.task != "mccl" or bool(cfg.data.labels_dir), "data.labels_dir",
+
+def _check_data(cfg: TrainingConfig) -> None:
+    data, mccl = cfg.data, cfg.task == "mccl"
+    need(bool(data.shards), "data.shards", "is required (a shard pattern)")
+    need(not mccl or bool(data.labels_dir), "data.labels_dir",
          "task mccl needs the label sidecars of training.prepare_labels")
-    need(cfg.data.image_size > 0, "data.image_size", "must be positive")
-    need(cfg.data.max_labels >= 1, "data.max_labels", "must be at least 1")
-    need(cfg.data.classes is None or len(cfg.data.classes) > 0, "data.classes", "must not be empty")
-    need(cfg.data.dense_negatives >= 0, "data.dense_negatives", "must be >= 0")
-    need(cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be at least 1")
-    need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
-    need(cfg.data.prefetch_factor >= 1, "data.prefetch_factor", "must be at least 1")
-    need(len(cfg.loss.weights) == 4, "loss.weights", "needs four weights (align, cont, back, sep)")
-    extra_terms = (cfg.loss.area_weight, cfg.loss.peak_weight, cfg.loss.peak_relative_weight, cfg.loss.absent_weight,
-                   cfg.loss.anchor_weight)
-    need(all(w >= 0 for w in cfg.loss.weights) and any(w > 0 for w in (*cfg.loss.weights, *extra_terms)),
-         "loss.weights", "must be >= 0, and not all 0 unless another loss term is on")
-    need(bool(cfg.loss.templates) and all("{}" in t for t in cfg.loss.templates), "loss.templates",
+    need(mccl or data.labels_dir is None, "data.labels_dir",
+         "task dense_bce reads its labels from the shards' seg.png: set it to null")
+    need(data.image_size > 0, "data.image_size", "must be positive")
+    need(data.max_labels >= 1, "data.max_labels", "must be at least 1")
+    need(data.classes is None or len(data.classes) > 0, "data.classes", "must not be empty")
+    need(data.dense_negatives >= 0, "data.dense_negatives", "must be >= 0")
+    need(not mccl or data.dense_negatives == 0, "data.dense_negatives",
+         "adds all-negative masks for task dense_bce; task mccl has none")
+    need(data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be at least 1")
+    need(data.workers >= 0, "data.workers", "must be >= 0")
+    need(data.prefetch_factor >= 1, "data.prefetch_factor", "must be at least 1")
+
+
+def _check_loss(cfg: TrainingConfig) -> None:
+    """Each term's options, and no term that is on but can never be anything but 0."""
+    loss = cfg.loss
+    need(bool(loss.templates) and all("{}" in t for t in loss.templates), "loss.templates",
          "needs at least one template, each with a '{}' placeholder")
-    need(len(cfg.loss.sim_clip) == 2 and 0 < cfg.loss.sim_clip[0] < cfg.loss.sim_clip[1] < 1, "loss.sim_clip",
-         "needs two values 0 < low < high < 1")
-    need(cfg.loss.area_weight >= 0, "loss.area_weight", "must be >= 0 (0 disables)")
-    need(cfg.loss.anchor_weight >= 0, "loss.anchor_weight", "must be >= 0 (0 disables)")
-    need(0 <= cfg.loss.anchor_min_peak < 1, "loss.anchor_min_peak", "must be in [0, 1)")
-    need(cfg.loss.absent_weight >= 0, "loss.absent_weight", "must be >= 0 (0 disables)")
-    need(cfg.loss.absent_labels >= 1, "loss.absent_labels", "must be at least 1")
-    need(-1 <= cfg.loss.absent_max_cosine <= 1, "loss.absent_max_cosine", "must be in [-1, 1]")
-    need(cfg.loss.projector_input in PROJECTOR_INPUTS, "loss.projector_input", f"must be one of {PROJECTOR_INPUTS}")
-    need(cfg.optim.projector_lr_mult > 0, "optim.projector_lr_mult", "must be positive")
-    need(cfg.loss.peak_weight >= 0, "loss.peak_weight", "must be >= 0 (0 disables)")
-    need(cfg.loss.peak_relative_weight >= 0, "loss.peak_relative_weight", "must be >= 0 (0 disables)")
-    need(0 < cfg.loss.peak_fraction <= 1, "loss.peak_fraction", "must be in (0, 1]")
-    need(cfg.optim.lr > 0, "optim.lr", "must be positive")
-    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
-         "needs two values in [0, 1)")
-    need(cfg.optim.eps > 0, "optim.eps", "must be positive")
-    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-    need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
+    if cfg.task != "mccl":
+        default = LossConfig()
+        unused = [f"loss.{name}" for name in ("mccl", *ADDED_TERMS) if getattr(loss, name) != getattr(default, name)]
+        need(not unused, unused[0] if unused else "loss", "task dense_bce trains on its per-pixel BCE alone")
+        return
+    if loss.mccl is not None:
+        weights = [getattr(loss.mccl, name) for name in MCCL_TERMS]
+        need(all(w >= 0 for w in weights) and any(w > 0 for w in weights), "loss.mccl",
+             "the four weights must be >= 0 and not all 0 (loss.mccl: null trains without MCCL)")
+        clip = loss.mccl.sim_clip
+        need(len(clip) == 2 and 0 < clip[0] < clip[1] < 1, "loss.mccl.sim_clip", "needs two values 0 < low < high < 1")
+        need(loss.mccl.projector_input in PROJECTOR_INPUTS, "loss.mccl.projector_input",
+             f"must be one of {PROJECTOR_INPUTS}")
+    need(bool(loss.terms()), "loss", "no term is on (loss.mccl or one of loss." + ", loss.".join(ADDED_TERMS) + ")")
+    for name in ADDED_TERMS:
+        section = getattr(loss, name)
+        if section is None:
+            continue
+        need(section.weight > 0, f"loss.{name}.weight", f"must be > 0 (loss.{name}: null turns the term off)")
+        if hasattr(section, "fraction"):
+            need(0 < section.fraction <= 1, f"loss.{name}.fraction", "must be in (0, 1]")
+    if loss.anchor is not None:
+        # At 1 or above no map of the starting model peaks higher: no label is anchored.
+        need(0 <= loss.anchor.min_peak < 1, "loss.anchor.min_peak", "must be in [0, 1) (0: every label)")
+    if loss.absent is not None:
+        absent = loss.absent
+        need(absent.labels >= 1, "loss.absent.labels", "must be at least 1")
+        # At -1 every pair of labels counts as near-synonyms, at 0 every label as recognised by the starting
+        # model: either way no label is ever taken as absent and the term is always 0.
+        need(-1 < absent.max_cosine <= 1, "loss.absent.max_cosine",
+             "must be in (-1, 1]: at -1 every label is a near-synonym and none is ever absent")
+        need(0 < absent.min_peak <= 1, "loss.absent.min_peak",
+             "must be in (0, 1]: at 0 the starting model recognises every label and none is ever absent")
+
+
+def _check_optim(cfg: TrainingConfig) -> None:
+    optim = cfg.optim
+    need(optim.lr > 0, "optim.lr", "must be positive")
+    need(optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas", "needs two values in [0, 1)")
+    need(optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(0 <= optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    need(optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
+    warmup = optim.projector_warmup
+    if warmup is not None:
+        need(cfg.task == "mccl", "optim.projector_warmup",
+             "task dense_bce never trains the projector: the warm-up would only hold the decoder still")
+        need(1 <= warmup.steps < cfg.train.steps, "optim.projector_warmup.steps",
+             "must be at least 1 and below train.steps (optim.projector_warmup: null turns it off)")
+        need(warmup.lr_mult > 0, "optim.projector_warmup.lr_mult", "must be positive")
+
+
+def _check_run(cfg: TrainingConfig) -> None:
     run = cfg.train
     need(run.steps >= 1, "train.steps", "must be at least 1")
-    need(0 <= cfg.loss.projector_warmup_steps < cfg.train.steps, "loss.projector_warmup_steps",
-         "must be >= 0 and below train.steps")
     need(run.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(run.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}")
     need(run.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
@@ -349,6 +426,19 @@ def _check_values(cfg: TrainingConfig) -> None:
     if cfg.val.every:
         need(bool(cfg.val.dataset), "val.dataset", "is required when val.every > 0")
         need(bool(cfg.val.data_root), "val.data_root", "is required when val.every > 0")
+
+
+def _check_values(cfg: TrainingConfig) -> None:
+    """Range and consistency checks that types alone cannot express."""
+    need(cfg.task in TASKS, "task", f"must be one of {TASKS}, got {cfg.task!r}")
+    need((cfg.model is None) != (cfg.init_checkpoint is None), "model",
+         "give either a model (name, YAML path or fields) or an init_checkpoint (which has its own)")
+    need(cfg.init_decoder is None or cfg.model is not None, "init_decoder",
+         "loads into `model`; an init_checkpoint already holds its decoder")
+    _check_data(cfg)
+    _check_loss(cfg)
+    _check_run(cfg)
+    _check_optim(cfg)
 
 
 def config_from_dict(values: dict, source: str = "<dict>") -> TrainingConfig:
@@ -379,13 +469,41 @@ def read_yaml_mapping(path: str | Path) -> dict:
     return tree
 
 
+def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A training config file as a nested dict. A file may name another as its `base` (a path relative to the
+    file): the base is read first and this file's keys are set on top of it (mappings merge key by key, any
+    other value replaces the base's).
+
+    Raises:
+        ConfigError: an unreadable file, a `base` that is not a path, or files that name each other as base.
+    """
+    path = Path(path)
+    tree = read_yaml_mapping(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {base!r}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: the files' 'base' keys form a loop")
+    return _merged(read_config_tree(path.parent / base, (*_seen, path.resolve())), tree)
+
+
+def _merged(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both else value
+    return merged
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainingConfig:
-    """Load a training config from YAML (None: defaults) and apply `key=value` overrides.
+    """Load a training config from YAML (None: defaults; `read_config_tree`) and apply `key=value` overrides.
 
     Raises:
         ConfigError: unreadable file, unknown key, wrong type or out-of-range value, naming file and key.
     """
-    tree = {} if path is None else read_yaml_mapping(path)
+    tree = {} if path is None else read_config_tree(path)
     source = "<defaults>" if path is None else str(path)
     for override in overrides:
         try:

@@ -133,7 +133,7 @@ def check_before_work(cfg: TrainingConfig, world_size: int) -> tuple[SynSegConfi
 
 def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter],
                     projector: list[nn.Parameter] = ()) -> torch.optim.AdamW:
-    """AdamW; 1-D parameters (biases, norms) get no weight decay unless `optim.decay_norm_and_bias`.
+    """AdamW; 1-D parameters (biases, norms) get no weight decay.
 
     The `projector` parameters get groups of their own (role "projector") so that the projector warm-up can
     give them another learning rate than the decoder's (`build_scheduler`).
@@ -142,22 +142,23 @@ def build_optimizer(cfg: TrainingConfig, params: list[nn.Parameter],
     groups = []
     for role in ("decoder", "projector"):
         mine = [p for p in params if (id(p) in in_projector) == (role == "projector")]
-        decay = [p for p in mine if p.ndim >= 2 or cfg.optim.decay_norm_and_bias]
-        no_decay = [p for p in mine if p.ndim < 2 and not cfg.optim.decay_norm_and_bias]
+        decay = [p for p in mine if p.ndim >= 2]
+        no_decay = [p for p in mine if p.ndim < 2]
         groups += [{"params": group, "weight_decay": wd, "role": role}
                    for group, wd in ((decay, cfg.optim.weight_decay), (no_decay, 0.0)) if group]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over `optim.warmup_steps`, then a cosine to `lr * optim.min_lr_ratio` at `train.steps`.
 
-    With `loss.projector_warmup_steps` = W > 0, the first W steps train only the projector (the decoder's
-    factor is 0, so its weights do not move) at `optim.projector_lr_mult` times the lr, after the same linear
-    warm-up; the usual schedule (warm-up, cosine) then runs over the remaining steps for every parameter.
+    With `optim.projector_warmup` (W steps, multiplier M), the first W steps train only the projector (the
+    decoder's factor is 0, so its weights do not move) at M times the lr, after the same linear warm-up; the
+    usual schedule (warm-up, cosine) then runs over the remaining steps for every parameter.
     """
     warmup, total, floor = cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio
-    frozen, mult = cfg.loss.projector_warmup_steps, cfg.optim.projector_lr_mult
+    projector_warmup = cfg.optim.projector_warmup
+    frozen, mult = (projector_warmup.steps, projector_warmup.lr_mult) if projector_warmup else (0, 1.0)
 
     def schedule(step: int, length: int) -> float:
         if step < warmup:
@@ -470,7 +471,7 @@ def _reader_options(cfg: TrainingConfig, model_config: SynSegConfig, urls: list[
 
 
 def main(argv: list[str] | None = None) -> TrainResult | None:
-    """Run training; returns what the run did (None with --print-config)."""
+    """The command line: load the config, then `train` it; returns what the run did (None with --print-config)."""
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -478,6 +479,16 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return None
+    return train(cfg, resume=args.resume)
+
+
+def train(cfg: TrainingConfig, resume: bool = False) -> TrainResult:
+    """Run the training `cfg` describes (a checked config: `training.config.load_config`); with `resume`,
+    continue from the newest readable checkpoint in `train.out_dir` (if any).
+
+    Raises:
+        ConfigError: a problem the config alone does not show (model, data, init files), before any work.
+    """
     info = init_distributed(cfg.train.device)
     threads = torch.get_num_threads()
     try:
@@ -492,10 +503,10 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
         task = create_task(cfg.task, model, cache, cfg.loss)
         torch.manual_seed(cfg.train.seed + info.rank)  # dropout differs between ranks
         trainer = Trainer(cfg, info, task, out_dir)
-        found = ckpt.load_latest_checkpoint(out_dir) if args.resume else None
+        found = ckpt.load_latest_checkpoint(out_dir) if resume else None
         if found is not None:
             trainer.load(*found)
-        elif args.resume:
+        elif resume:
             logger.warning("--resume: no checkpoint in %s, starting from step 0", ckpt.checkpoint_dir(out_dir))
         if info.is_main:
             cfg.to_yaml(out_dir / RESOLVED_CONFIG_NAME)

@@ -72,7 +72,7 @@ REGISTRY: dict[str, PretrainedModel] = {m.name: m for m in (
         "summary": "SynSeg trained in the synthetic shapes world; knows its 11 classes only (offline default)",
         "source": "bundled: synseg_model/weights/synseg-shapes.safetensors",
         "licence": "Apache-2.0 (this project)",
-        "training_data": "the project's synthetic shapes world (README, 'Shapes world')",
+        "training_data": "the project's synthetic shapes world (docs/shapes.md)",
     }),
     # Revisions: the newest commit of each repository's main branch found (search, 2026), except rd64-refined,
     # pinned at its last commit whose full hash could be confirmed (it holds pytorch_model.bin only).

@@ -9,7 +9,7 @@ COCO: ``--src`` is laid out as mmsegmentation expects, ``images/<split>/*.jpg`` 
 ``annotations/<split>/<id>_labelTrainIds.png`` (171 classes) or ``<id>_instanceTrainIds.png`` (80 things + bg).
 Cityscapes: ``gtFine/<split>/<city>/*_gtFine_labelIds.png`` -> ``*_gtFine_labelTrainIds.png`` (34 -> 19).
 When ``--dst`` differs from ``--src``, the image folder is linked (or copied) into ``--dst``.
-Pascal Context has no converter here: use mmsegmentation's (see the README).
+Pascal Context has no converter here: use mmsegmentation's (see docs/evaluation.md).
 """
 from __future__ import annotations
 

@@ -15,39 +15,38 @@ import logging
 import sys
 from pathlib import Path
 
-from training.shapes import clip_stage, diagnose, gate, generate, pipeline
+from training.config import ConfigError
+from training.shapes import clip_stage, diagnose, generate, pipeline
+from training.shapes.config import REPO_ROOT, load_stage1_config
 from training.shapes.world import load_world
+
+STAGE1_CONFIG = REPO_ROOT / "config" / "shapes" / "stage1.yaml"
 
 
 def clip_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Stage 1: train the shapes world's CLIP with open_clip_train.")
-    parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml")
+    parser.add_argument("--config", type=Path, default=STAGE1_CONFIG)
     parser.add_argument("--train-dir", type=Path, required=True, help="folder of shards with sizes.json")
     parser.add_argument("--labels-dir", type=Path, default=None,
                         help="spaCy label sidecars of the shards (training.prepare_labels); needed by phases "
                              "with captions: nouns")
     parser.add_argument("--out", type=Path, required=True, help="open_clip_train's --logs folder")
     args = parser.parse_args(argv)
-    cfg = clip_stage.load_stage1_config(args.config)
+    cfg = load_stage1_config(args.config)
     print(clip_stage.train_clip(cfg, args.train_dir, args.out, args.labels_dir))
 
 
 def gate_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The stage-1 zero-shot gate of an open_clip_train checkpoint.")
-    parser.add_argument("--config", type=Path, default=clip_stage.REPO_ROOT / "config/shapes/stage1.yaml",
+    parser.add_argument("--config", type=Path, default=STAGE1_CONFIG,
                         help="stage-1 YAML: the architecture and the gate's prompt and thresholds")
     parser.add_argument("--checkpoint", type=Path, required=True, help="open_clip_train checkpoint (.pt)")
     parser.add_argument("--data", type=Path, required=True, help="VOC-layout held-out split")
     parser.add_argument("--world", type=Path, default=None, help="world YAML (default config/shapes/world.yaml)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
-    cfg = clip_stage.load_stage1_config(args.config)
-    name, _ = clip_stage.register_model_config(cfg["model_config"])
-    model, tokenizer = gate.load_open_clip(name, args.checkpoint)
-    images, labels = gate.load_voc_split(args.data)
-    oc = cfg["open_clip_train"]
-    figures = gate.zero_shot_gate(model, tokenizer, images, labels, load_world(args.world).class_names,
-                                  cfg["gate"], oc["image-mean"], oc["image-std"])
+    cfg = load_stage1_config(args.config)
+    (figures,) = clip_stage.gate_on(cfg, args.checkpoint, load_world(args.world).class_names, args.data)
     text = json.dumps({k: v for k, v in figures.items() if k != "text_cosine"}, indent=1)
     print(text)
     if args.json:
@@ -72,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.argv[0] = f"python -m training.shapes {argv[0]}"  # argparse's usage line names the program from it
-    COMMANDS[argv[0]](argv[1:])
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except ConfigError as exc:
+        sys.exit(f"config error: {exc}")
 
 
 if __name__ == "__main__":

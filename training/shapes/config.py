@@ -1,14 +1,25 @@
-"""The pipeline's config (``config/shapes/pipeline.yaml``), typed like the training config: dataclasses built
-by ``training.config.build_config``, so an unknown or mistyped key anywhere (variants included) and a dangling
-reference between variants are errors before any work starts."""
+"""The shapes world's configs, typed like the training config: the pipeline's (``config/shapes/pipeline.yaml``)
+and stage 1's (``config/shapes/stage1.yaml``), dataclasses built by ``training.config.build_config``, so that an
+unknown, missing or mistyped key anywhere (variants and phases included) and a dangling reference between
+variants are errors before any work starts."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from training.config import ConfigError, apply_override, build_config, read_yaml_mapping
+from training.config import ConfigError, apply_override, build_config, need, read_yaml_mapping
+
+CAPTIONS = ("full", "nouns")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve(path: str | Path) -> Path:
+    """A config path, relative to the repository root unless absolute."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 # Rows that are not stage-3 variants: references to them are allowed wherever a variant is named.
 BASE_ROWS = ("untrained", "stage2")
@@ -40,12 +51,11 @@ class StageSection:
 
 @dataclass
 class Variant:
-    """A stage-3 row: an MCCL run from `init`, or the best of other rows (`choose`)."""
+    """A stage-3 row: an MCCL run from the stage-2 model, or the best of other rows (`choose`)."""
 
     row: str = ""  # its label in the results table
     overrides: list[str] = field(default_factory=list)  # training.train key=value on top of stage3's config
     base: str | None = None  # start from another variant's overrides
-    init: str = "stage2"  # the starting model: stage2 or another variant
     select: str | None = None  # "dev": keep the step checkpoint with the best dev mIoU
     choose: list[str] | None = None  # this row is the listed variant with the best dev mIoU (no run of its own)
     step_of: str | None = None  # keep the step checkpoint at the step that variant kept
@@ -82,7 +92,6 @@ class PipelineConfig:
     stage3: StageSection = field(default_factory=StageSection)
     seeds: list[int] = field(default_factory=lambda: [0])  # stage-3 training seeds (train.seed)
     untrained_seed: int = 0  # row (a): the seed of the freshly initialised decoder
-    evaluation_limit: int | None = None  # score only the first N images of each split (tests)
     variants: dict[str, Variant] = field(default_factory=dict)
     ship: ShipSection = field(default_factory=ShipSection)
     figure: FigureSection = field(default_factory=FigureSection)
@@ -91,12 +100,45 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class Phase:
+    """One open_clip_train run of stage 1, from the previous phase's weights."""
+
+    name: str  # its folder under the stage's output
+    epochs: int
+    captions: str = "full"  # full: the shards' captions; nouns: the caption's spaCy labels joined by commas
+    args: dict[str, Any] = field(default_factory=dict)  # more open_clip_train flags for this phase
+
+
+@dataclass
+class GateSection:
+    """The zero-shot gate a stage-1 CLIP must pass before stage 2 may use it."""
+
+    template: str  # the prompt of each class name
+    min_auc: float  # every class: AUC of "contains X" over held-out images
+    max_text_cosine: float  # every pair of class-name text embeddings
+    min_visible_pixels: int  # a class counts as present in an image from this many pixels
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1: the small CLIP trained with open_clip_train (``training.shapes.clip_stage``)."""
+
+    model_config: str  # an open_clip architecture JSON (model name = file stem), relative to the repository
+    phases: list[Phase]
+    batch_size: int
+    sample_shuffle_buffer: int  # open_clip_train's sample shuffle buffer
+    seed: int
+    workers: int
+    open_clip_train: dict[str, Any]  # passed through as --key value (true: a bare flag; a list: several values)
+    gate: GateSection
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def _check(cfg: PipelineConfig) -> None:
     """Consistency that types cannot express: references between rows, selections, seed counts."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ValueError(f"config key {key!r}: {why}")
-
     known = set(BASE_ROWS) | set(cfg.variants)
     need(bool(cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "needs distinct seeds")
     for name, v in cfg.variants.items():
@@ -104,7 +146,6 @@ def _check(cfg: PipelineConfig) -> None:
         need(bool(v.row), f"{key}.row", "is required (the row's label)")
         need(v.select in (None, "dev"), f"{key}.select", "must be dev or absent")
         need(1 <= v.seeds <= len(cfg.seeds), f"{key}.seeds", f"must be between 1 and {len(cfg.seeds)}")
-        need(v.init in known and v.init != name, f"{key}.init", "must name stage2 or another variant")
         for ref_key, ref in (("base", v.base), ("step_of", v.step_of)):
             need(ref is None or (ref in cfg.variants and ref != name), f"{key}.{ref_key}",
                  f"{ref!r} is not another variant")
@@ -119,21 +160,48 @@ def _check(cfg: PipelineConfig) -> None:
     need(cfg.ship.metric in SHIP_METRICS, "ship.metric", f"must be one of {SHIP_METRICS}")
 
 
-def load_pipeline_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Read the pipeline YAML, apply `key=value` overrides (dotted) and check everything.
+def _check_stage1(cfg: Stage1Config) -> None:
+    need(bool(cfg.phases), "phases", "must list at least one {name, epochs, captions, args}")
+    names = [phase.name for phase in cfg.phases]
+    need(len(set(names)) == len(names), "phases", f"each phase needs its own name (its folder), got {names}")
+    for i, phase in enumerate(cfg.phases):
+        need(phase.captions in CAPTIONS, f"phases[{i}].captions", f"must be one of {CAPTIONS}")
+        need(phase.epochs >= 1, f"phases[{i}].epochs", "must be at least 1")
+    need(cfg.batch_size >= 1, "batch_size", "must be at least 1")
+    need(cfg.sample_shuffle_buffer >= 1, "sample_shuffle_buffer", "must be at least 1")
+    need(cfg.workers >= 0, "workers", "must be >= 0")
+    need("{}" in cfg.gate.template, "gate.template", "needs a '{}' placeholder for the class name")
 
-    Raises:
-        ConfigError: unreadable file, unknown key, wrong type or dangling reference, naming the key.
-    """
+
+def _load(cls: type, check: Any, path: str | Path, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Read a YAML file, apply `key=value` overrides (dotted), build `cls` and `check` it; errors name the key."""
     tree = read_yaml_mapping(path)
     for override in overrides:
         try:
             apply_override(tree, override)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    cfg = build_config(PipelineConfig, tree, str(path))
+    cfg = build_config(cls, tree, str(path))
     try:
-        _check(cfg)
+        check(cfg)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return cfg
+
+
+def load_pipeline_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read the pipeline YAML, apply `key=value` overrides (dotted) and check everything.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or dangling reference, naming the key.
+    """
+    return _load(PipelineConfig, _check, path, overrides)
+
+
+def load_stage1_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Stage1Config:
+    """Read the stage-1 YAML (``config/shapes/stage1.yaml``), apply `key=value` overrides and check it.
+
+    Raises:
+        ConfigError: unreadable file, unknown, missing or mistyped key, naming the key.
+    """
+    return _load(Stage1Config, _check_stage1, path, overrides)

@@ -1,7 +1,7 @@
 """``python -m training.shapes diagnose``: which activation maps does the MCCL objective prefer?
 
 With the decoder of a checkpoint frozen, a fresh FSS projector is fitted to minimise the paper's MCCL loss
-(method.md eq. 3-7) for each of several sets of fixed maps over the same training scenes, and the fitted loss
+(paper section 4.2, eq. 3-7) for each of several sets of fixed maps over the same training scenes, and the fitted loss
 terms are printed. The objective ranks a set of maps by the lowest loss a projector can reach with them: if
 the ground-truth masks are not first, training on it cannot be expected to find them.
 
@@ -127,7 +127,8 @@ def fit_projector(model: SynSeg, features: torch.Tensor, maps: torch.Tensor, tex
 
     def loss() -> dict[str, torch.Tensor]:
         fg, bg = synergy_features(projector(features), maps.flatten(0, 1))
-        return mccl_loss(fg.view(n, k, -1), bg.view(n, k, -1), text, mask=label_mask)
+        terms = mccl_loss(fg.view(n, k, -1), bg.view(n, k, -1), text, mask=label_mask)
+        return {"total": sum(terms.values()), **terms}  # eq. (7) with every weight 1
 
     for _ in range(steps):
         optimizer.zero_grad()
@@ -186,7 +187,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="projector learning rate")
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the fresh projectors")
     parser.add_argument("--projector-input", choices=("conditional", "visual"), default="conditional",
-                        help="what the projector reads (training's loss.projector_input)")
+                        help="what the projector reads (training's loss.mccl.projector_input)")
     parser.add_argument("--world", type=Path, default=None, help="world YAML (default config/shapes/world.yaml)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return parser

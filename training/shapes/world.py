@@ -2,25 +2,94 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from training.config import ConfigError, build_config, need, read_yaml_mapping
 from training.metrics import IGNORE_INDEX
 
 DEFAULT_WORLD = Path(__file__).resolve().parents[2] / "config" / "shapes" / "world.yaml"
 
-_REQUIRED_KEYS = (
-    "image_size", "jpeg_quality", "stuff", "split_background_prob", "split_min_fraction", "shapes",
-    "shape_params", "colors", "color_jitter", "min_color_distance", "radius", "size_words",
-    "shapes_per_image", "min_visible_fraction", "placement_tries", "closeup", "hard_negative_fraction",
-    "hard_negative_group", "captions",
-)
+
+# The world file's schema, every key required (config/shapes/world.yaml explains each). It checks the file;
+# the generator reads the file's own mapping (`World.spec`), so that a scene depends on nothing but the file.
+@dataclass
+class StuffClass:
+    texture: str  # a procedural texture of training/shapes/textures.py
+    params: dict  # that texture's parameters
+    words: list[str]  # how captions name it
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass
+class ShapeClass:
+    plural: str
+
+
+@dataclass
+class ShapeParams:
+    rotation_deg: float
+    ring_inner: float
+    star_inner: float
+    cross_arm: float
+
+
+@dataclass
+class SizeWords:
+    small: float
+    large: float
+
+
+@dataclass
+class Closeup:
+    prob: float
+    radius: list[float]
+    jitter: float
+
+
+@dataclass
+class CaptionStyle:
+    mention_color: float
+    mention_size: float
+    mention_position: float
+    mention_background: float
+    drop_some_shapes: float
+    background_only: float
+    capitalize: float
+    counts: list[str]
+    pair_phrase: float
+    templates: list[str]
+    templates_no_stuff: list[str]
+    templates_stuff_only: list[str]
+    stuff_joiners: list[str]
+    positions: dict[str, list[str]]
+    suffixes: list[str]
+
+
+@dataclass
+class WorldSpec:
+    image_size: int
+    jpeg_quality: int
+    stuff: dict[str, StuffClass]
+    split_background_prob: float
+    split_min_fraction: float
+    shapes: dict[str, ShapeClass]
+    shape_params: ShapeParams
+    colors: dict[str, list[int]]
+    color_jitter: float
+    min_color_distance: float
+    radius: list[float]
+    size_words: SizeWords
+    shapes_per_image: dict  # shape count -> probability
+    min_visible_fraction: float
+    placement_tries: int
+    closeup: Closeup
+    hard_negative_fraction: float
+    hard_negative_group: list[int]
+    captions: CaptionStyle
+
+
+@dataclass(frozen=True)
 class World:
     """A parsed world YAML.
 
@@ -78,23 +147,17 @@ def load_world(path: str | Path | None = None) -> World:
     """Read a world YAML (default: ``config/shapes/world.yaml``).
 
     Raises:
-        ValueError: a required key is missing, or a class name is used twice.
+        ConfigError: an unreadable file, an unknown, missing or mistyped key, or a class name used twice.
     """
     path = Path(path) if path is not None else DEFAULT_WORLD
-    with open(path) as f:
-        spec = yaml.safe_load(f)
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    missing = [k for k in _REQUIRED_KEYS if k not in spec]
-    if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
-    names = list(spec["stuff"]) + list(spec["shapes"])
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: class names must be unique, got {names}")
-    if len(names) >= IGNORE_INDEX:
-        raise ValueError(f"{path}: at most {IGNORE_INDEX} classes fit a uint8 label map")
-    for name, stuff in spec["stuff"].items():
-        for key in ("texture", "params", "words"):
-            if key not in stuff:
-                raise ValueError(f"{path}: stuff class {name!r} lacks {key!r}")
+    spec = read_yaml_mapping(path)
+    world = build_config(WorldSpec, spec, str(path))
+    names = list(world.stuff) + list(world.shapes)
+    try:
+        need(len(set(names)) == len(names), "stuff", f"class names must be unique, got {names}")
+        need(len(names) < IGNORE_INDEX, "shapes", f"at most {IGNORE_INDEX} classes fit a uint8 label map")
+        need(all(isinstance(n, int) and n >= 1 for n in world.shapes_per_image), "shapes_per_image",
+             "maps shape counts (integers from 1) to probabilities")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return World(spec=spec, source=str(path))
