@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 
 import cv2
 import numpy as np
@@ -326,3 +327,18 @@ def test_invalid_depth_is_skipped_and_a_depth_of_another_size_is_a_warning(depth
     wait_until(lambda: "No 3-D for this frame: depth image is 320x240, the colour image 640x480" in log.read_text(),
                what="the size warning")
     assert proc.poll() is None
+
+
+@needs_vision_msgs
+def test_images_without_camera_info_are_a_warning(depth_node):
+    proc, probe, log = depth_node
+    deadline = time.monotonic() + 3 * TIMEOUT_S
+    while "0 camera infos on /rgbd/depth/camera_info" not in log.read_text():
+        assert time.monotonic() < deadline, "no warning about the missing camera info"
+        stamp = probe.now()
+        depth = Image(**scene.depth_fields("16UC1"))
+        depth.header.stamp = stamp
+        probe.depth_pub.publish(depth)                  # depth, but never a camera info
+        probe.image_pub.publish(image_msg(scene.colour(), "rgb8", stamp))
+        time.sleep(0.2)
+    assert "No frames in the last 5 s" in log.read_text() and proc.poll() is None
