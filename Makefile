@@ -88,7 +88,8 @@ test: setup
 	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests
 	$(JAZZY_ENV) $(SANDBOX) $(JAZZY_PY) -m pytest $(ROS_TESTS)
 
-# The same without the tests marked slow (pytest.ini): whole pipelines, several processes, ROS load tests.
+# The same without the tests marked slow (pytest.ini: over 10 s on the development machine): whole pipelines,
+# several processes, ROS load tests. Every run's summary names an unmarked test over 10 s (tests/conftest.py).
 test-fast: setup
 	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests -m "not slow"
 

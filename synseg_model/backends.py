@@ -27,12 +27,13 @@ from torch import nn
 from .clip import is_resnet, resize_pos_embed, visual_activations
 from .engine_cache import EngineCache, EngineKey, weights_hash
 from .model import SynSeg
+from .options import PRECISIONS
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
 CPU_BACKEND = "onnxruntime"
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bfloat16)))   # in PRECISIONS' order
 ONNX_OPSET = 17
 DEFAULT_MAX_CATEGORIES = 32  # the largest vocabulary a Segmenter, its engines and the CLIs accept by default
 CUDA_GRAPH_WARMUP = 3       # eager runs on a side stream before capture (cuDNN/cuBLAS pick their kernels)
@@ -190,7 +191,7 @@ class TorchBackend(Backend):
 
     def _run(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA graph capture.
-        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
+        with torch.autocast(self.device.type, dtype=DTYPES[self.precision],
                             enabled=self.precision != "fp32", cache_enabled=False):
             return self._forward(images, text).float()
 
@@ -336,7 +337,7 @@ def compile_tensorrt(torch_tensorrt, module: SegmentationModule, max_categories:
                                    dtype=torch.float32)]
     settings: dict = {"arg_inputs": inputs, "min_block_size": TENSORRT_MIN_BLOCK, "device": device}
     if precision != "fp32":
-        low = PRECISIONS[precision]
+        low = DTYPES[precision]
         params = inspect.signature(torch_tensorrt.dynamo.compile).parameters
         if "enable_autocast" in params:
             # Newer releases build strongly typed networks and ignore enabled_precisions; autocast lowers

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .backends import DEFAULT_MAX_CATEGORIES, Backend, BackendOptions, create_backend
 from .model import SynSeg
+from .options import duplicate_labels
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,9 @@ class Segmenter:
             raise ValueError(f"{len(labels)} labels exceed max_categories={self.max_categories}")
         if any(not label.strip() for label in labels):
             raise ValueError("the vocabulary has a blank label")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"the vocabulary has duplicate labels: {labels}")
+        if duplicate := duplicate_labels(labels):
+            raise ValueError(f"the vocabulary has duplicate labels (one text to CLIP): "
+                             f"{duplicate[0]!r} and {duplicate[1]!r}")
         with torch.no_grad():
             text = self.model.encode_text(labels, templates).to(self.device)
         self._vocab = (labels, text)

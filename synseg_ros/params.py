@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
+from synseg_model.options import PRECISIONS as MODEL_PRECISIONS
+from synseg_model.options import duplicate_labels
+
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", *MODEL_PRECISIONS)      # auto: the backend chooses
 RELIABILITIES = ("best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed")
 # A label image stores label i as the value i in one byte, 0 meaning none.
@@ -195,7 +198,7 @@ def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
 
     Raises:
         ValueError: not a list of strings (with a hint for what YAML turned into booleans or numbers),
-            empty, blank or duplicate entries (case-insensitive, as CLIP's tokenizer is), or more than
+            empty, blank or duplicate entries (``synseg_model.options.duplicate_labels``), or more than
             ``max_count`` entries.
     """
     # rclpy hands numeric and boolean arrays over as array.array or lists.
@@ -214,12 +217,8 @@ def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
     blank = [i for i, label in enumerate(labels) if not label.strip()]
     if blank:
         raise ValueError(f"{name} has blank entries at positions {blank}")
-    seen: dict[str, str] = {}
-    for label in labels:
-        key = label.strip().casefold()
-        if key in seen:
-            raise ValueError(f"{name} has duplicate entries: {seen[key]!r} and {label!r}")
-        seen[key] = label
+    if duplicate := duplicate_labels(labels):
+        raise ValueError(f"{name} has duplicate entries (one text to CLIP): {duplicate[0]!r} and {duplicate[1]!r}")
     if max_count is not None and len(labels) > max_count:
         raise ValueError(f"{name} has {len(labels)} entries, more than max_categories={max_count}")
     return labels

@@ -99,6 +99,7 @@ def stop_launch(launch, log: Path) -> str:
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 @needs_ros2
 def test_parameter_file_alone_keeps_its_values_and_ros2_param_explains_rejections(tmp_path):
     checkpoint = str(default_checkpoint_path())
@@ -125,6 +126,7 @@ def test_parameter_file_alone_keeps_its_values_and_ros2_param_explains_rejection
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 @needs_ros2
 def test_arguments_override_the_parameter_file_in_a_namespace(tmp_path):
     other = tmp_path / "other.safetensors"
@@ -159,6 +161,7 @@ def test_a_missing_checkpoint_is_fatal_and_the_node_exits_1(tmp_path):
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 @needs_ros2
 def test_ros2_lifecycle_drives_the_node(tmp_path):
     """The fake-model node, unconfigured at start, through every transition with `ros2 lifecycle set`."""
@@ -178,6 +181,7 @@ def test_ros2_lifecycle_drives_the_node(tmp_path):
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 @needs_ros2
 def test_shutdown_answers_the_caller_and_the_process_exits_0_every_time(tmp_path):
     """`ros2 lifecycle set shutdown` gets its reply, and the process ends cleanly, in every one of four tries.

@@ -47,6 +47,7 @@ def states_reported(probe: Probe, node: str) -> list[str]:
             if status.name == f"{node}: segmentation" for kv in status.values if kv.key == "state"]
 
 
+@pytest.mark.slow
 def test_whole_cycle_twice_masks_only_while_active_model_released_by_cleanup(ros_context):
     from synseg_ros.msg import SegmentationMasks
 

@@ -2,23 +2,33 @@
 with the fake model: start-up values and run-time sets."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 from rclpy.parameter import Parameter
 
 from synseg_ros import params
 from synseg_ros.segmenter import FakeSegmenter
-from tests.ros_processes import REPO_ROOT
+from tests.ros_processes import REPO_ROOT, child_env
 
 
 @pytest.mark.parametrize("value, reason", [
     ([], "must not be empty"), (["a", ""], "blank"), (["Chair", "chair "], "duplicate"),
     (["x"] * 2, "duplicate"), ([True, False], "quote them"), ([3, 4], "quote them"),
-    ([f"c{i}" for i in range(5)], "max_categories=4"),
+    ([f"c{i}" for i in range(5)], "max_categories=4"), (["traffic light", "Traffic  light"], "duplicate"),
 ])
 def test_vocabulary_checks(value, reason):
     with pytest.raises(ValueError, match=reason):
         params.check_labels("vocabulary", value, max_count=4)
+
+
+def test_parameter_checks_import_no_torch():
+    """The node checks its parameters with synseg_model's rules before, or without, loading a model: the rules
+    must not pull in torch (seconds at every start, also for the fake model)."""
+    code = "import sys, synseg_ros.params; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(), check=True, timeout=60)
 
 
 def test_prompt_templates_need_a_placeholder():

@@ -45,6 +45,7 @@ def test_bad_images_raise(segmenter, image, message):
 
 @pytest.mark.parametrize("labels, message", [
     ([], "empty"), (["a", " "], "blank"), (["a", "a"], "duplicate"), (list("abcde"), "max_categories"),
+    (["Cup", "cup "], "duplicate"),                  # one text to CLIP's tokenizer, as the node's rule says
 ])
 def test_bad_vocabulary_raises_and_keeps_the_old(segmenter, labels, message):
     with pytest.raises(ValueError, match=message):

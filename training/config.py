@@ -15,9 +15,10 @@ from typing import Any, Union
 import yaml
 
 from synseg_model.losses import MCCL_TERMS
+from synseg_model.options import PRECISIONS as MODEL_PRECISIONS
 
 TASKS = ("mccl", "dense_bce")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", *MODEL_PRECISIONS)
 PROJECTOR_INPUTS = ("conditional", "visual")
 ADDED_TERMS = ("area", "peak", "peak_relative", "anchor", "absent")  # LossConfig's sections besides mccl
 
