@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 # The ROS 2 package (message + node), built by colcon from the ROS 2 Kilted wheels of .venv into install/.
 ROS_STAMP := install/.synseg_ros_built
 ROS_PACKAGE := msg/SegmentationMasks.msg CMakeLists.txt package.xml scripts/build_ros_package.sh \
-	$(wildcard synseg_ros/*.py launch/*.py scripts/synseg_node scripts/image_folder_publisher)
+	$(wildcard synseg_ros/*.py launch/*.py scripts/synseg_node scripts/image_folder_publisher scripts/segment_bag)
 # rclpy processes need the message's libraries from the colcon install space (read by the loader at start-up).
 # Its Python folder (links to the checkout's synseg_ros and synseg_model, plus the generated msg/ module) goes
 # on PYTHONPATH for processes started from the repository root (the demo; the tests add it themselves).
-ROS_LIBS := LD_LIBRARY_PATH=$(CURDIR)/install/synseg_ros/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
+# vision_msgs (built from ../shared/ros2cli, below) keeps its libraries in its own install space.
+ROS_LIBS := LD_LIBRARY_PATH=$(CURDIR)/install/synseg_ros/lib:$(CURDIR)/build/ros2cli/install/vision_msgs/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 ROS_PYTHONPATH := PYTHONPATH=$$(echo $(CURDIR)/install/synseg_ros/lib/python3*/site-packages)
 # The second ROS 2 distribution the ROS tests run on: Jazzy, in a light environment of its ROS wheels that
 # reads the model's packages from .venv (requirements-jazzy.txt), with the package built into build/jazzy/.
@@ -19,19 +20,24 @@ JAZZY_PY := $(JAZZY_VENV)/bin/python
 JAZZY_STAMP := $(JAZZY_VENV)/.installed
 JAZZY_BASE := build/jazzy
 JAZZY_ROS_STAMP := $(JAZZY_BASE)/install/.synseg_ros_built
-JAZZY_ENV := SYNSEG_ROS_INSTALL=$(CURDIR)/$(JAZZY_BASE)/install LD_LIBRARY_PATH=$(CURDIR)/$(JAZZY_BASE)/install/synseg_ros/lib
+JAZZY_MESSAGES := $(JAZZY_BASE)/ros2cli
+JAZZY_ENV := SYNSEG_ROS_INSTALL=$(CURDIR)/$(JAZZY_BASE)/install SYNSEG_MESSAGES_INSTALL=$(CURDIR)/$(JAZZY_MESSAGES)/install \
+	LD_LIBRARY_PATH=$(CURDIR)/$(JAZZY_BASE)/install/synseg_ros/lib:$(CURDIR)/$(JAZZY_MESSAGES)/install/vision_msgs/lib
 ROS_TESTS := $(wildcard tests/test_ros_*.py)
 # `ros2` and `launch`, built from their sources in ../shared/ros2cli where it exists (a user's clone has none:
 # the tests that need them skip), installed into .venv with build/ros2cli as the install base.
 ROS2CLI := ../shared/ros2cli
 ROS2CLI_STAMP := build/ros2cli/.installed
+# The Jazzy environment gets what the node's detections need from it: vision_msgs, built with Jazzy's wheels,
+# and the message_filters wheel (not launch or the `ros2` command line: those are Kilted's).
+JAZZY_MESSAGES_STAMP := $(JAZZY_MESSAGES)/.installed
 # A Fast DDS shared-memory segment large enough for camera frames (the default 512 KB is not).
 FASTDDS := FASTDDS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds_loopback.xml
 SANDBOX := scripts/sandbox
 
 .PHONY: setup lint test test-fast demo shapes clean
 
-setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(ROS2CLI_STAMP))
+setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(ROS2CLI_STAMP) $(JAZZY_MESSAGES_STAMP))
 
 # Re-installs only when the pins or the package metadata change.
 $(STAMP): requirements.txt setup.py
@@ -61,6 +67,16 @@ $(JAZZY_ROS_STAMP): $(JAZZY_STAMP) $(ROS_PACKAGE)
 
 $(ROS2CLI_STAMP): $(ROS_STAMP) $(wildcard $(ROS2CLI)/wheels/*.whl)
 	bash $(ROS2CLI)/install.sh $(VENV) build/ros2cli
+	touch $@
+
+# As install.sh builds it for Kilted; $(JAZZY_ROS_STAMP) has re-pointed the wheels' CMake files first.
+$(JAZZY_MESSAGES_STAMP): $(JAZZY_ROS_STAMP) $(wildcard $(ROS2CLI)/wheels/message_filters-*.whl)
+	$(JAZZY_PY) -m pip install --quiet --no-index --no-deps $(ROS2CLI)/wheels/message_filters-*.whl
+	PATH="$(CURDIR)/$(JAZZY_VENV)/bin:$$PATH" AMENT_PREFIX_PATH="$(CURDIR)/$(JAZZY_VENV)" \
+		CMAKE_PREFIX_PATH="$(CURDIR)/$(JAZZY_VENV)" $(JAZZY_VENV)/bin/colcon --log-base $(JAZZY_MESSAGES)/log \
+		build --base-paths $(ROS2CLI)/src/vision_msgs --build-base $(JAZZY_MESSAGES)/build \
+		--install-base $(JAZZY_MESSAGES)/install \
+		--cmake-args -DPython3_EXECUTABLE=$(CURDIR)/$(JAZZY_PY) -DBUILD_TESTING=OFF
 	touch $@
 
 # pyflakes, pycodestyle errors, import order and bugbear (ruff.toml); .ci/run runs it before the tests.

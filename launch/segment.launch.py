@@ -1,9 +1,10 @@
 """Start the synseg node: ros2 launch synseg_ros segment.launch.py image_topic:=/camera/image_raw
 
 Arguments: image_topic, params_file (default: this package's config/synseg.yaml), checkpoint, device,
-namespace and autostart. checkpoint and device override the parameter file only when they are given (empty:
-the file's value). autostart:=true (the default, as nav2's lifecycle manager does) configures and activates
-the managed node at start-up; autostart:=false leaves it unconfigured for `ros2 lifecycle set`.
+image_transport, use_depth, depth_topic, camera_info_topic, namespace and autostart. checkpoint, device,
+image_transport and use_depth override the parameter file only when they are given (empty: the file's value).
+autostart:=true (the default, as nav2's lifecycle manager does) configures and activates the managed node at
+start-up; autostart:=false leaves it unconfigured for `ros2 lifecycle set`.
 """
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.launch_context import LaunchContext
@@ -14,19 +15,23 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 
 # Launch arguments that set the node parameter of the same name, and only when given.
-OVERRIDES = ("checkpoint", "device")
+OVERRIDES = ("checkpoint", "device", "image_transport", "use_depth")
 
 
 def node_with_parameters(context: LaunchContext) -> list[Node]:
     """The node, with the parameter file and then the launch arguments that were given."""
-    given = {name: value for name in OVERRIDES if (value := LaunchConfiguration(name).perform(context))}
+    given: dict[str, object] = {name: value for name in OVERRIDES
+                                if (value := LaunchConfiguration(name).perform(context))}
+    if "use_depth" in given:
+        given["use_depth"] = given["use_depth"] == "true"
     return [Node(
         package="synseg_ros",
         executable="synseg_node",
         name="synseg",
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"), {**given, "autostart": LaunchConfiguration("autostart")}],
-        remappings=[("image", LaunchConfiguration("image_topic"))],
+        remappings=[("image", LaunchConfiguration("image_topic")), ("depth", LaunchConfiguration("depth_topic")),
+                    ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",
         emulate_tty=True,
     )]
@@ -46,6 +51,16 @@ def generate_launch_description() -> LaunchDescription:
                                           "empty: the parameter file's"),
         DeclareLaunchArgument("device", default_value="",
                               description="auto, cpu, cuda or cuda:N; empty: the parameter file's"),
+        DeclareLaunchArgument("image_transport", default_value="", choices=["", "raw", "compressed"],
+                              description="raw, or compressed (<image_topic>/compressed); empty: the parameter file's"),
+        DeclareLaunchArgument("use_depth", default_value="", choices=["", "true", "false"],
+                              description="also depth and camera info -> detections_3d and points; empty: the "
+                                          "parameter file's"),
+        DeclareLaunchArgument("depth_topic", default_value="/camera/depth/image_rect_raw",
+                              description="sensor_msgs/Image depth registered to the colour image (16UC1 mm or "
+                                          "32FC1 m), e.g. /camera/camera/aligned_depth_to_color/image_raw"),
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/depth/camera_info",
+                              description="sensor_msgs/CameraInfo of the depth image"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
                               description="configure and activate the node at start-up"),

@@ -10,12 +10,19 @@ model, per frame: the node's own cost).
     source install/local_setup.bash     # after `make setup`: the message and its libraries
     scripts/sandbox .venv/bin/python scripts/measure_ros_latency.py --model default   # the offline model
     scripts/sandbox .venv/bin/python scripts/measure_ros_latency.py --model none      # node overhead only
+    ... --model none --frame scene --outputs 3d     # + detections, 3-D and points (needs vision_msgs)
 
 Both processes use config/fastdds_loopback.xml (16 MB shared-memory segment) unless
 FASTDDS_DEFAULT_PROFILES_FILE names another profile.
 
 --model none runs the node on the fake segmenter (synseg_ros.fake_node: each label's map is a colour
 channel), whose time is the model stage; the overhead figure leaves it out.
+
+--outputs detections also subscribes to /synseg/detections; --outputs 3d runs the node with use_depth and
+publishes, with every frame, a 16UC1 depth image and its camera info (the tests' synthetic RGB-D scene,
+tests/depth_scene.py, which --frame scene sends as the colour frame too), and subscribes to
+/synseg/detections_3d and /synseg/points as well. The detections are built in the node's publish stage: compare
+its p50 with that of --outputs masks on the same frames.
 """
 from __future__ import annotations
 
@@ -44,10 +51,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
 
     from synseg_ros import conversions
     from synseg_ros.msg import SegmentationMasks
+    from tests import depth_scene
 
     vocabulary = "[" + ", ".join(args.vocabulary.split(",")) + "]"
     ros_args = ["--ros-args", "-r", "image:=/bench/image_raw", "-p", "autostart:=true",
@@ -55,6 +63,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "-p", "diagnostics_period:=0.5"]
     if args.checkpoint:
         ros_args += ["-p", f"checkpoint:={args.checkpoint}"]
+    ros_args += [item for value in args.param for item in ("-p", value)]
+    if args.outputs == "3d":
+        ros_args += ["-p", "use_depth:=true", "-r", "depth:=/bench/depth", "-r", "camera_info:=/bench/camera_info"]
     module = "synseg_ros.fake_node" if args.model == "none" else "synseg_ros.node"
     proc = start_module(module, ros_args, args.log, cwd=ROOT)
     arrivals: dict[tuple[int, int], float] = {}
@@ -66,6 +77,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                                             time.time()), 50)
     if args.overlay:
         probe.create_subscription(Image, "/synseg/overlay", lambda m: None, 5)
+    if args.outputs != "masks":      # subscribed, so the node builds them
+        from vision_msgs.msg import Detection2DArray, Detection3DArray
+        probe.create_subscription(Detection2DArray, "/synseg/detections", lambda m: None, 5)
+    if args.outputs == "3d":
+        from sensor_msgs.msg import PointCloud2
+        probe.create_subscription(Detection3DArray, "/synseg/detections_3d", lambda m: None, 5)
+        probe.create_subscription(PointCloud2, "/synseg/points", lambda m: None, 5)
+        depth_pub = probe.create_publisher(Image, "/bench/depth", qos_profile_sensor_data)
+        info_pub = probe.create_publisher(CameraInfo, "/bench/camera_info", qos_profile_sensor_data)
     probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.extend(
         {kv.key: kv.value for kv in s.values} for s in m.status if s.name == "/synseg: segmentation"), 10)
     pub = probe.create_publisher(Image, "/bench/image_raw", qos_profile_sensor_data)
@@ -75,13 +95,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         wait_until(lambda: pub.get_subscription_count() and probe.count_publishers("/synseg/masks"),
                    STARTUP_TIMEOUT_S, f"the node (log: {args.log})", procs=[proc])
-        rng = np.random.default_rng(0)
-        frame = rng.integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
+        if args.frame == "scene":
+            frame = depth_scene.colour()
+        else:
+            frame = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
         sent: dict[tuple[int, int], float] = {}
         start = time.monotonic()
         for i in range(args.warmup + args.frames):
             msg = Image(**conversions.rgb_to_image_fields(frame, "rgb8"))
             msg.header.stamp = probe.get_clock().now().to_msg()
+            if args.outputs == "3d":
+                depth = Image(**depth_scene.depth_fields("16UC1"))
+                depth.header = msg.header
+                info = CameraInfo(header=msg.header, height=frame.shape[0], width=frame.shape[1],
+                                  k=depth_scene.camera_matrix(), distortion_model="plumb_bob")
+                depth_pub.publish(depth)
+                info_pub.publish(info)
             if i >= args.warmup:
                 sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.time()
             pub.publish(msg)
@@ -98,7 +127,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         stop(proc)
     latency = np.array([arrivals[k] - t for k, t in sent.items() if k in arrivals]) * 1e3
     node = diagnostics[-1] if diagnostics else {}
-    return {"model": args.model, "size": f"{args.width}x{args.height}", "rate_hz": args.rate,
+    return {"model": args.model, "outputs": args.outputs, "frame": args.frame, "params": args.param,
+            "size": f"{frame.shape[1]}x{frame.shape[0]}", "rate_hz": args.rate,
             "labels": len(args.vocabulary.split(",")), "frames_sent": len(sent), "frames_answered": int(latency.size),
             "e2e_latency_ms_p50": round(float(np.percentile(latency, 50)), 2) if latency.size else None,
             "e2e_latency_ms_p95": round(float(np.percentile(latency, 95)), 2) if latency.size else None,
@@ -118,6 +148,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=60, help="frames measured")
     parser.add_argument("--warmup", type=int, default=10, help="frames sent first and not measured")
     parser.add_argument("--overlay", action="store_true", help="also subscribe to (and so build) the overlay")
+    parser.add_argument("--outputs", choices=("masks", "detections", "3d"), default="masks",
+                        help="masks: the masks message only; detections: + ~/detections; 3d: + depth in, "
+                             "~/detections_3d and ~/points")
+    parser.add_argument("--frame", choices=("random", "scene"), default="random",
+                        help="random: noise of --width x --height; scene: the synthetic RGB-D scene (640x480)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="another node parameter, e.g. point_decimation:=4 (repeatable)")
     parser.add_argument("--log", type=Path, default=Path("/tmp/synseg_latency_node.log"), help="node output")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     return parser

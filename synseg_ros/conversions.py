@@ -1,13 +1,14 @@
-"""sensor_msgs/Image fields <-> numpy arrays, without ROS.
+"""sensor_msgs/Image and CompressedImage fields <-> numpy arrays, without ROS.
 
 Functions here take and return plain values (an object with the Image fields ``height``, ``width``,
-``encoding``, ``is_bigendian``, ``step``, ``data``, or a dict of them), so they are tested without rclpy and
-shared by the node, the camera-source node and the tests. Every malformed input raises ``ImageFormatError``
-with a reason; none can crash the caller with anything else.
+``encoding``, ``is_bigendian``, ``step``, ``data``, or a dict of them; a CompressedImage's ``data``), so they are
+tested without rclpy and shared by the node, the camera-source node, the bag tool and the tests. Every malformed
+input raises ``ImageFormatError`` with a reason; none can crash the caller with anything else.
 """
 from __future__ import annotations
 
 import array
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 
 __all__ = ["ImageFormatError", "MaskBuffers", "SUPPORTED_ENCODINGS", "image_to_rgb", "rgb_to_image_fields",
-           "mono8_fields", "check_image_layout"]
+           "mono8_fields", "check_image_layout", "compressed_to_rgb", "compressed_size"]
 
 
 class ImageFormatError(ValueError):
@@ -104,6 +105,83 @@ def image_to_rgb(image: Any, max_pixels: int | None = None) -> np.ndarray:
     rows = buffer.reshape(height, step)[:, : width * codec.channels]
     pixels = rows.reshape(height, width) if codec.channels == 1 else rows.reshape(height, width, codec.channels)
     return codec.to_rgb(pixels)
+
+
+# A corrupt payload is reported once by ImageFormatError (throttled in the node); OpenCV's decoders would also
+# print their own warning for every such frame.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+# The signatures that start a payload of image_transport's "compressed" transport.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+# JPEG start-of-frame markers (SOF0..SOF15 but DHT, JPG and DAC) carry the image size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xDA)) | {0x01}       # RSTn, SOI, EOI, TEM: markers without a length
+
+
+def compressed_size(data: bytes | np.ndarray) -> tuple[str, int, int]:
+    """The format ("jpeg" or "png") and the width and height a payload declares, read from its header.
+
+    Raises:
+        ImageFormatError: neither JPEG nor PNG, or a header cut short.
+    """
+    view = memoryview(data).cast("B")       # bytes, array.array('B') (rclpy) and uint8 arrays (rosbags) alike
+    head = bytes(view[:8])
+    if head.startswith(_PNG_SIGNATURE):
+        header = bytes(view[8:24])
+        if len(header) < 16 or header[4:8] != b"IHDR":
+            raise ImageFormatError("truncated PNG: no image header (IHDR)")
+        width, height = struct.unpack(">II", header[8:16])
+        return "png", width, height
+    if not head.startswith(_JPEG_SIGNATURE):
+        raise ImageFormatError(f"neither JPEG nor PNG (or cut short): the payload starts with {head.hex(' ')!r}")
+    pos = 2
+    while pos + 4 <= len(view):
+        if view[pos] != 0xFF:
+            raise ImageFormatError(f"corrupt JPEG: no marker at byte {pos}")
+        marker = view[pos + 1]
+        if marker == 0xFF:              # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            pos += 2
+            continue
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(view):
+                break
+            height, width = struct.unpack(">HH", view[pos + 5:pos + 9])
+            return "jpeg", width, height
+        pos += 2 + length
+    raise ImageFormatError("truncated JPEG: no frame header (SOF) before the end of the data")
+
+
+def compressed_to_rgb(data: bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage payload (JPEG or PNG, as image_transport's "compressed" sends it).
+
+    The codec is told by the payload's signature, not by the message's ``format`` text, which drivers fill
+    differently ("jpeg", "rgb8; jpeg compressed bgr8", ...).
+
+    Args:
+        data: the message's ``data`` (bytes-like or uint8 array).
+        max_pixels: reject images declaring more pixels than this, before decoding (None: no limit).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        ImageFormatError: not JPEG or PNG, an empty or oversized image, or a corrupt or truncated payload.
+    """
+    kind, width, height = compressed_size(data)
+    if width <= 0 or height <= 0:
+        raise ImageFormatError(f"empty {kind.upper()} image: {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageFormatError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    buffer = np.frombuffer(data, np.uint8)
+    rgb = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
+        raise ImageFormatError(f"corrupt or truncated {kind.upper()} payload of {buffer.size} bytes "
+                               f"({width}x{height} declared): it does not decode")
+    return rgb
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict[str, Any]:

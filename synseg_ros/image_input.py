@@ -1,5 +1,8 @@
 """The synseg node's image subscription, with the QoS its parameters ask for and the warnings of its events.
 
+The subscriptions themselves (raw or compressed images; with ``use_depth``, depth and camera info synchronised
+with them) are synseg_ros.frame_input's; the callback gets a ``Frame``.
+
 A publisher whose QoS cannot match the subscription (a best-effort camera and ``image_reliability:
 reliable``) delivers nothing; the subscription's event names it, once the graph knows its node's name.
 """
@@ -20,7 +23,8 @@ from rclpy.qos import (
     qos_check_compatible,
     qos_policy_name_from_kind,
 )
-from sensor_msgs.msg import Image
+
+from synseg_ros.frame_input import Frame, FrameSubscriptions
 
 # The graph learns a publisher's node name some time after its endpoint: how long an incompatible-QoS
 # warning waits for the name, and how often it looks.
@@ -43,13 +47,14 @@ class ImageInput:
     Its own callback group, so that encoding a new vocabulary (a parameter callback) never delays intake.
     """
 
-    def __init__(self, node: LifecycleNode, settings: Mapping[str, Any], callback: Callable[[Image], None]) -> None:
+    def __init__(self, node: LifecycleNode, settings: Mapping[str, Any], callback: Callable[[Frame], None]) -> None:
         self._node = node
         self._poll_timer = None
         self.qos = image_qos(settings)
-        self.subscription = node.create_subscription(
-            Image, "image", callback, self.qos, callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self._frames = FrameSubscriptions(
+            node, settings, self.qos, callback, MutuallyExclusiveCallbackGroup(),
+            SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self.subscription = self._frames.subscription
 
     @property
     def topic(self) -> str:
@@ -59,7 +64,8 @@ class ImageInput:
         """The topic and its QoS, for the node's log."""
         qos = self.qos
         return (f"{self.topic} with QoS reliability={qos.reliability.name.lower()}, "
-                f"durability={qos.durability.name.lower()}, history={qos.history.name.lower()}, depth={qos.depth}")
+                f"durability={qos.durability.name.lower()}, history={qos.history.name.lower()}, depth={qos.depth}"
+                f"{self._frames.describe_depth()}")
 
     def publisher_count(self) -> int:
         return self._node.count_publishers(self.topic)
@@ -67,7 +73,7 @@ class ImageInput:
     def destroy(self) -> None:
         """Unsubscribe (no frame reaches ``callback`` after this returns)."""
         self._cancel_poll()
-        self._node.destroy_subscription(self.subscription)
+        self._frames.destroy()
 
     def _cancel_poll(self) -> None:
         if self._poll_timer is not None:

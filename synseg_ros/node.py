@@ -150,7 +150,7 @@ class SynSegNode(LifecycleNode):
                               f"backend={settings['backend']}, precision={settings['precision']}): "
                               f"{type(exc).__name__}: {exc}")
         self._segmenter = segmenter
-        self._outputs = SegmentationOutputs(self)
+        self._outputs = SegmentationOutputs(self, settings)
         self._last_error = ""
         self.get_logger().info(
             f"Configured in {time.monotonic() - started:.1f} s: {source} loaded in {loaded - started:.1f} s, "
@@ -163,7 +163,11 @@ class SynSegNode(LifecycleNode):
         """Subscribe to the images and start the worker."""
         self._worker = FrameWorker(self, self._segmenter, self._outputs, self._stats, lambda: self._settings,
                                    self._no_vocabulary())
-        self._input = ImageInput(self, self._settings, self._worker.put)
+        try:
+            self._input = ImageInput(self, self._settings, self._worker.put)
+        except Exception as exc:  # rclpy would swallow it and fail the transition without a word
+            self._worker = None
+            return self._fail(f"Failed to subscribe: {type(exc).__name__}: {exc}")
         self._worker.topic = self._input.topic
         self._worker.start()
         self.get_logger().info(f"Active: subscribed to {self._input.describe()}; publishing "

@@ -1,8 +1,9 @@
-"""What the synseg node publishes for one segmented frame: the masks message, the label image and the overlay.
+"""What the synseg node publishes for one segmented frame: the masks message, the label image, the overlay,
+and the detections of synseg_ros.robot_outputs.
 
 ``SegmentationOutputs`` owns the output publishers from ``configure`` to ``cleanup`` and turns one frame's
-result into messages; an output nobody subscribes to costs nothing. Another output (e.g. detections) is one
-more publisher here and one more branch in ``publish``: the node and its worker do not change.
+result into messages; an output nobody subscribes to costs nothing. Another output is one more publisher here
+and one more branch in ``publish``: the node and its worker do not change.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from synseg_ros import conversions, rendering
+from synseg_ros.frame_input import Frame
 from synseg_ros.interfaces import SegmentationMasks
+from synseg_ros.robot_outputs import RobotOutputs
 from synseg_ros.segmenter import Segmentation
 
 # Output topics publish reliably: a reliable publisher matches both reliable and best-effort subscribers.
@@ -29,32 +32,38 @@ class SegmentationOutputs:
     Called from one thread at a time (the node's worker): the mask buffers are reused frame after frame.
     """
 
-    def __init__(self, node: LifecycleNode) -> None:
+    def __init__(self, node: LifecycleNode, settings: Mapping[str, Any]) -> None:
         self._node = node
         self._masks_pub = node.create_publisher(SegmentationMasks, "~/masks", OUTPUT_QOS)
         self._label_pub = node.create_publisher(Image, "~/label_image", OUTPUT_QOS)
         self._overlay_pub = node.create_publisher(Image, "~/overlay", OUTPUT_QOS)
         self._masks = conversions.MaskBuffers()
         self._mask_images: list[Image] = []
+        # vision_msgs' outputs; None (after one warning) where vision_msgs is not installed.
+        self._robot = RobotOutputs.create(node, settings, OUTPUT_QOS)
 
     def describe(self) -> str:
         """The topics and their QoS, for the node's log."""
-        topics = (self._masks_pub, self._label_pub, self._overlay_pub)
-        return f"{', '.join(p.topic_name for p in topics)} (reliable, depth {OUTPUT_QOS.depth})"
+        topics = ", ".join(p.topic_name for p in (self._masks_pub, self._label_pub, self._overlay_pub))
+        if self._robot is not None:
+            topics += f", {self._robot.describe()}"
+        return f"{topics} (reliable, depth {OUTPUT_QOS.depth})"
 
     def destroy(self) -> None:
         """Destroy the publishers and drop the buffers."""
         for publisher in (self._masks_pub, self._label_pub, self._overlay_pub):
             self._node.destroy_publisher(publisher)
+        if self._robot is not None:
+            self._robot.destroy()
         self._masks = conversions.MaskBuffers()
         self._mask_images = []
 
-    def publish(self, header: Header, rgb: np.ndarray, result: Segmentation, threshold: float,
+    def publish(self, frame: Frame, rgb: np.ndarray, result: Segmentation, threshold: float,
                 settings: Mapping[str, Any]) -> None:
-        """Publish one frame's result to the outputs that have subscribers, each with the frame's ``header``.
+        """Publish one frame's result to the outputs that have subscribers, each with the frame's header.
 
         Args:
-            header: the source image's header.
+            frame: the source image (its header), and its depth and camera info with ``use_depth``.
             rgb: (H, W, 3) uint8, the decoded source image (for the overlay).
             result: the segmentation of ``rgb``: (K, H, W) activation maps with their labels and scores.
             threshold: the activation above which a pixel is in a mask.
@@ -63,9 +72,15 @@ class SegmentationOutputs:
         want_masks = self._masks_pub.get_subscription_count() > 0
         want_labels = settings["publish_label_image"] and self._label_pub.get_subscription_count() > 0
         want_overlay = settings["publish_overlay"] and self._overlay_pub.get_subscription_count() > 0
-        if not (want_masks or want_labels or want_overlay):
+        header, robot = frame.header, self._robot
+        if robot is not None:
+            robot.publish_label_info(header, result.labels, threshold)
+        want_robot = robot is not None and robot.wanted()
+        if not (want_masks or want_labels or want_overlay or want_robot):
             return
         masks = self._masks.fill(result.probabilities, threshold)
+        if want_robot:
+            robot.publish(frame, result, masks, settings)
         if want_masks:
             out = SegmentationMasks(header=header, labels=list(result.labels), threshold=threshold,
                                     scores=[float(s) for s in result.scores], masks=self._mask_messages(header))

@@ -7,18 +7,20 @@ change). ``coerce`` repairs what YAML makes of a typed value, in a parameter fil
 included (every parameter is declared with dynamic typing so that a wrong type is rejected by that callback
 with a reason, not by rclpy with its type numbers), and runs on start-up values as on later changes.
 ``NodeParameters`` declares the table on a node, installs the callbacks and keeps the current values.
+rclpy is imported only where a node or its messages are used: the table, ``coerce_value`` and ``validate`` also
+serve the bag tool (synseg_ros.segment_bag), which runs without ROS.
 """
 from __future__ import annotations
 
 import array
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import ParameterUninitializedException
-from rclpy.node import Node
-from rclpy.parameter import Parameter
+if TYPE_CHECKING:
+    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
 
 from synseg_model.options import PRECISIONS as MODEL_PRECISIONS
 from synseg_model.options import duplicate_labels
@@ -26,6 +28,7 @@ from synseg_model.options import duplicate_labels
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", *MODEL_PRECISIONS)      # auto: the backend chooses
 RELIABILITIES = ("best_effort", "reliable")
+TRANSPORTS = ("raw", "compressed")
 # A label image stores label i as the value i in one byte, 0 meaning none.
 MAX_LABELS = 255
 
@@ -56,6 +59,8 @@ class ParamSpec:
 
     def descriptor(self) -> ParameterDescriptor:
         """The rcl_interfaces ParameterDescriptor declared for this parameter."""
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
         constraints = [f"one of: {', '.join(self.choices)}"] if self.choices else []
         if self.name == "vocabulary":
             constraints.append("non-empty, no blank or duplicate labels, at most max_categories labels")
@@ -111,6 +116,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               changes=UNCONFIGURED, choices=RELIABILITIES),
     ParamSpec("image_queue_depth", 1, "History depth of the image subscription.", changes=UNCONFIGURED,
               int_range=(1, 100)),
+    ParamSpec("image_transport", "raw",
+              "raw: subscribe to image (sensor_msgs/Image); compressed: to image/compressed "
+              "(sensor_msgs/CompressedImage, JPEG or PNG, as image_transport's compressed plugin sends it).",
+              changes=UNCONFIGURED, choices=TRANSPORTS),
+    ParamSpec("min_region_pixels", 100,
+              "Smallest connected region of a mask (in pixels) that becomes a detection on ~/detections "
+              "(and ~/detections_3d).", int_range=(1, 1 << 26)),
+    ParamSpec("use_depth", False,
+              "Also subscribe to depth (sensor_msgs/Image, 16UC1 mm or 32FC1 m, registered to the colour image) "
+              "and camera_info (its sensor_msgs/CameraInfo), synchronised with the image, and publish "
+              "~/detections_3d and ~/points.", changes=UNCONFIGURED),
+    ParamSpec("depth_slop", 0.05,
+              "Seconds the stamps of image, depth and camera_info may differ to be taken as one frame "
+              "(message_filters.ApproximateTimeSynchronizer).", changes=UNCONFIGURED, float_range=(0.0, 10.0)),
+    ParamSpec("max_depth", 10.0, "Depth in metres beyond which a depth pixel is invalid (as are 0 and NaN).",
+              float_range=(0.01, 1000.0)),
+    ParamSpec("point_decimation", 4,
+              "3-D uses every n-th pixel in each direction: ~/points has at most 1/n^2 of the pixels, and "
+              "~/detections_3d is computed from the same points.", int_range=(1, 64)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
     ParamSpec("autostart", False, "Configure and activate at start-up (the launch file sets it); a start-up "
               "configure that fails then ends the process with exit code 1. False: wait unconfigured for "
@@ -118,8 +142,6 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 STRING_ARRAYS = ("vocabulary", "prompt_templates")
-_ARRAY_TYPES = (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY, Parameter.Type.INTEGER_ARRAY,
-                Parameter.Type.DOUBLE_ARRAY, Parameter.Type.STRING_ARRAY)
 
 
 def declare_parameters(node: Any) -> None:
@@ -136,29 +158,39 @@ def parse_label_list(text: str) -> list[str]:
     return [item.strip().strip("'\"").strip() for item in body.split(",")] if body.strip() else []
 
 
-def coerce(param: Parameter) -> Parameter:
+def coerce_value(name: str, value: Any) -> Any:
     """Repair the types YAML infers (``ros2 param set``, ``-p``, parameter files) before anything checks them.
 
     - a string for a string array: parsed as a list (``"person"``, ``"[person, 3]"``);
-    - an empty list of any type for a string array: an empty string array (rejected later, with a reason);
+    - an empty list of any type for a string array: an empty list (rejected later, with a reason);
     - string-array entries: surrounding whitespace removed;
     - an integer for a floating-point parameter: converted.
     Everything else is returned unchanged (``validate`` rejects what is still of the wrong type).
     """
-    spec = SPECS.get(param.name)
+    spec = SPECS.get(name)
     if spec is None:
+        return value
+    if name in STRING_ARRAYS:
+        if isinstance(value, str):
+            return parse_label_list(value)
+        if isinstance(value, (list, tuple, array.array)) and len(value) == 0:
+            return []
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return [v.strip() for v in value]
+    if spec.float_range is not None and type(value) is int:     # noqa: E721 - not a bool
+        return float(value)
+    return value
+
+
+def coerce(param: Parameter) -> Parameter:
+    """``coerce_value`` for an rclpy Parameter: the same parameter, or a new one of the repaired type."""
+    from rclpy.parameter import Parameter
+
+    value = coerce_value(param.name, param.value)
+    if value is param.value:
         return param
-    kind, value = param.type_, param.value
-    if spec.name in STRING_ARRAYS:
-        if kind == Parameter.Type.STRING:
-            return Parameter(param.name, Parameter.Type.STRING_ARRAY, parse_label_list(value))
-        if kind in _ARRAY_TYPES and len(value) == 0:
-            return Parameter(param.name, Parameter.Type.STRING_ARRAY, [])
-        if kind == Parameter.Type.STRING_ARRAY:
-            return Parameter(param.name, Parameter.Type.STRING_ARRAY, [str(v).strip() for v in value])
-    if spec.float_range is not None and kind == Parameter.Type.INTEGER:
-        return Parameter(param.name, Parameter.Type.DOUBLE, float(value))
-    return param
+    kind = Parameter.Type.STRING_ARRAY if isinstance(value, list) else Parameter.Type.DOUBLE
+    return Parameter(param.name, kind, value)
 
 
 def check_labels(name: str, value: Any, max_count: int | None) -> list[str]:
@@ -270,6 +302,8 @@ class NodeParameters:
 
     def _value(self, name: str) -> Any:
         """A parameter's value, None when it is declared without one (an unset prompt_templates)."""
+        from rclpy.exceptions import ParameterUninitializedException
+
         try:
             return self._node.get_parameter(name).value
         except ParameterUninitializedException:
@@ -301,6 +335,8 @@ class NodeParameters:
 
     def _check(self, parameters: list[Parameter]) -> SetParametersResult:
         """The one validating callback: rejects with a reason, or encodes a new vocabulary."""
+        from rcl_interfaces.msg import SetParametersResult
+
         new = {**self.settings, **{p.name: p.value for p in parameters}}
         state = self._state()
         try:

@@ -13,9 +13,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from rclpy.lifecycle import LifecycleNode
 from rclpy.time import Time
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from synseg_ros import conversions
+from synseg_ros.frame_input import Frame
 from synseg_ros.frame_slot import LatestFrameSlot
 from synseg_ros.outputs import SegmentationOutputs
 from synseg_ros.segmenter import Segmenter
@@ -51,7 +52,7 @@ class FrameWorker:
         self._stats = stats
         self._settings = settings
         self._no_vocabulary = no_vocabulary
-        self._slot: LatestFrameSlot[Image] = LatestFrameSlot()
+        self._slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self._stop = threading.Event()
         self._bridge = CvBridge() if CvBridge is not None else None
         self._thread = threading.Thread(target=self._run, name="synseg-worker", daemon=True)
@@ -72,23 +73,23 @@ class FrameWorker:
         if self._thread.is_alive():
             self._thread.join()
 
-    def put(self, msg: Image) -> None:
+    def put(self, frame: Frame) -> None:
         """The subscription callback: count the frame and leave it for the worker (replacing an untaken one)."""
         self._stats.count("received")
-        stamp = Time.from_msg(msg.header.stamp)
+        stamp = Time.from_msg(frame.header.stamp)
         if stamp.nanoseconds > 0:  # transport and deserialisation, from the camera's stamp to here
             self._stats.add_stage("receive", (self._node.get_clock().now() - stamp).nanoseconds * 1e-9)
-        if self._slot.put(msg):
+        if self._slot.put(frame):
             self._stats.count("dropped")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            msg = self._slot.take(timeout=POLL_S)
-            if msg is None:
+            frame = self._slot.take(timeout=POLL_S)
+            if frame is None:
                 continue
             started = time.monotonic()
             try:
-                self._process(msg)
+                self._process(frame)
             except Exception as exc:  # a bad frame or a model error must not stop the stream
                 self._stats.count("failed")
                 self._logger.error(f"Segmentation failed: {type(exc).__name__}: {exc}",
@@ -98,7 +99,9 @@ class FrameWorker:
                 # Frames arriving while waiting replace each other in the slot and are counted as dropped.
                 self._stop.wait(max(0.0, started + 1.0 / rate - time.monotonic()))
 
-    def _decode(self, msg: Image, max_pixels: int) -> np.ndarray:
+    def _decode(self, msg: Image | CompressedImage, max_pixels: int) -> np.ndarray:
+        if isinstance(msg, CompressedImage):
+            return conversions.compressed_to_rgb(msg.data, max_pixels)
         conversions.check_image_layout(msg.height, msg.width, msg.encoding, msg.step, len(msg.data), max_pixels)
         if self._bridge is not None:
             try:
@@ -107,8 +110,8 @@ class FrameWorker:
                 pass
         return conversions.image_to_rgb(msg)
 
-    def _process(self, msg: Image) -> None:
-        settings = self._settings()
+    def _process(self, frame: Frame) -> None:
+        msg, settings = frame.image, self._settings()
         if not settings["vocabulary"]:
             self._logger.warning(self._no_vocabulary, throttle_duration_sec=WARN_THROTTLE_S)
             return
@@ -122,7 +125,7 @@ class FrameWorker:
         t1 = time.monotonic()
         result = self._segmenter.segment(rgb)
         t2 = time.monotonic()
-        self._outputs.publish(msg.header, rgb, result, float(settings["threshold"]), settings)
+        self._outputs.publish(frame, rgb, result, float(settings["threshold"]), settings)
         t3 = time.monotonic()
 
         self._stats.count("processed")

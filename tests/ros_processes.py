@@ -17,8 +17,12 @@ from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROS_INSTALL = Path(os.environ.get("SYNSEG_ROS_INSTALL", REPO_ROOT / "install")).resolve() / "synseg_ros"
+# vision_msgs (the detections), built from ../shared/ros2cli by `make setup` into its own install space: Kilted's
+# in build/ros2cli, Jazzy's where SYNSEG_MESSAGES_INSTALL names it (build/jazzy/ros2cli/install).
+MESSAGES_INSTALL = Path(os.environ.get("SYNSEG_MESSAGES_INSTALL", REPO_ROOT / "build" / "ros2cli" / "install"))
 ROS_PYTHON_DIRS = sorted(str(p) for p in ROS_INSTALL.glob("lib/python3*/site-packages"))
-sys.path.extend(p for p in ROS_PYTHON_DIRS if p not in sys.path)
+VISION_MSGS_DIRS = sorted(str(p) for p in MESSAGES_INSTALL.glob("vision_msgs/lib/python3*/site-packages"))
+sys.path.extend(p for p in ROS_PYTHON_DIRS + VISION_MSGS_DIRS if p not in sys.path)
 
 from synseg_ros import processes  # noqa: E402 - after the path above
 
@@ -37,7 +41,7 @@ FASTDDS_PROFILE_VARIABLE = ("FASTRTPS_DEFAULT_PROFILES_FILE" if int(version("ros
 
 def child_env(**extra: str) -> dict[str, str]:
     """This environment with the checkout and the install space's Python folder first on PYTHONPATH."""
-    path = [str(REPO_ROOT), *ROS_PYTHON_DIRS, os.environ.get("PYTHONPATH", "")]
+    path = [str(REPO_ROOT), *ROS_PYTHON_DIRS, *VISION_MSGS_DIRS, os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), **extra}
 
 

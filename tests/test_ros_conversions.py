@@ -18,7 +18,8 @@ from synseg_ros.segmenter import FakeSegmenter
 from synseg_ros.stats import FrameStats
 
 ROS_FREE_MODULES = ["synseg_ros.conversions", "synseg_ros.rendering", "synseg_ros.frame_slot", "synseg_ros.stats",
-                    "synseg_ros.segmenter", "synseg_ros.processes"]
+                    "synseg_ros.segmenter", "synseg_ros.processes", "synseg_ros.regions", "synseg_ros.depth",
+                    "synseg_ros.detections", "synseg_ros.params", "synseg_ros.bag_types", "synseg_ros.segment_bag"]
 
 
 @pytest.fixture

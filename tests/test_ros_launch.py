@@ -19,7 +19,8 @@ from tests.ros_helpers import stop_node, wait_until
 from tests.ros_processes import REPO_ROOT, ros2_missing, run_ros2, start_node, start_ros2
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
-ARGUMENTS = {"image_topic", "params_file", "checkpoint", "device", "namespace", "autostart"}
+ARGUMENTS = {"image_topic", "params_file", "checkpoint", "device", "namespace", "autostart", "image_transport",
+             "use_depth", "depth_topic", "camera_info_topic"}
 MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 needs_ros2 = pytest.mark.skipif(ros2_missing() is not None, reason=str(ros2_missing()))
 
@@ -39,6 +40,13 @@ def test_show_args_lists_every_argument():
     out = run_ros2("launch", "synseg_ros", "segment.launch.py", "--show-args")
     assert out.returncode == 0, out.stderr
     assert {name for name in ARGUMENTS if f"'{name}'" in out.stdout} == ARGUMENTS, out.stdout
+
+
+@needs_ros2
+def test_ros2_run_segment_bag_answers_help():
+    out = run_ros2("run", "synseg_ros", "segment_bag", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--topic" in out.stdout and "--params-file" in out.stdout
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -210,3 +218,25 @@ def test_launch_defaults_run_the_default_model(tmp_path):
     finally:
         text = stop_launch(launch, log)
     assert "Configured in" in text and "Active: subscribed to /front/image" in text
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+@needs_ros2
+def test_depth_and_compressed_arguments_subscribe_where_they_say(tmp_path):
+    """A RealSense-like set of topics: compressed colour, aligned depth and its camera info."""
+    log = tmp_path / "launch.log"
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "image_topic:=/cam/color/image_raw",
+                         "image_transport:=compressed", "use_depth:=true", "depth_topic:=/cam/aligned_depth/image_raw",
+                         "camera_info_topic:=/cam/aligned_depth/camera_info", "device:=cpu"], log)
+    try:
+        wait_until(lambda: lifecycle("get", "/synseg", attempts=1).startswith("active"), MODEL_STARTUP_S,
+                   "the node to be active", procs=[launch])
+        values = parameters("/synseg")
+        assert (values["use_depth"], values["image_transport"]) == (True, "compressed")
+        for topic in ("/cam/color/image_raw/compressed", "/cam/aligned_depth/image_raw",
+                      "/cam/aligned_depth/camera_info"):
+            out = run_ros2("topic", "info", topic)
+            assert "Subscription count: 1" in out.stdout, (topic, out.stdout)
+    finally:
+        stop_launch(launch, log)
