@@ -43,7 +43,7 @@ def render(out: Path, stride: int) -> None:
     fake.set_vocabulary(scene.LABELS)
     rgb = scene.colour()
     result = fake.segment(rgb)
-    masks = conversions.MaskBuffers().fill(result.probabilities, 0.5)
+    masks = conversions.MaskBuffers().fill(result.probabilities, 0.5, result.present)
     found = regions.find_regions(masks, MIN_REGION_PIXELS)
     camera = depth.PinholeCamera.from_camera_info({"k": scene.camera_matrix()})
     grid = depth.point_grid(scene.depth_fields("16UC1"), camera, MAX_DEPTH_M, stride)

@@ -3,7 +3,7 @@
     from synseg_model import Segmenter
     seg = Segmenter.from_checkpoint()            # the offline default model; or a name: list_pretrained()
     seg.set_vocabulary(["circle", "grass"])
-    out = seg.segment(rgb)                      # out.masks: (K, H, W) bool
+    out = seg.segment(rgb)                      # out.masks: (K, H, W) bool; out.present: (K,) bool
 
 The names below load on first use (PEP 562), so that ``synseg_model.options`` imports without torch: the ROS
 node checks its parameters with it before, or without, loading a model.
@@ -17,6 +17,7 @@ _MODULES = {
     ".config": ("SynSegConfig",),
     ".factory": ("create_model", "get_model_config", "list_models", "load_checkpoint", "load_hf_clipseg"),
     ".losses": ("mccl_loss",),
+    ".masks": ("MaskRule",),
     ".model": ("SynSeg", "SynSegOutput"),
     ".pretrained": ("card_summary", "default_checkpoint_path", "list_pretrained", "resolve_checkpoint"),
     ".runtime": ("Segmentation", "Segmenter", "image_to_tensor"),

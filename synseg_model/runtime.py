@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends import DEFAULT_MAX_CATEGORIES, Backend, BackendOptions, create_backend
+from .masks import MaskRule
 from .model import SynSeg
 from .options import duplicate_labels
 
@@ -24,14 +25,19 @@ class Segmentation:
     Attributes:
         labels: the K labels, in the order of the arrays below.
         probabilities: (K, H, W) float32 activation maps sigmoid(logits), at the input resolution.
-        masks: (K, H, W) bool, ``probabilities > threshold``; a pixel may be in several masks.
-        scores: (K,) float32, the highest activation of each category.
+        masks: (K, H, W) bool, ``probabilities > threshold`` for the present categories, empty for the others; a
+            pixel may be in several masks.
+        scores: (K,) float32, each category's presence score (``synseg_model.masks``), in [0, 1].
+        present: (K,) bool, ``scores >= presence_threshold``: the categories that get a mask.
+        threshold: the activation threshold that made the masks.
     """
 
     labels: list[str]
     probabilities: np.ndarray
     masks: np.ndarray
     scores: np.ndarray
+    present: np.ndarray
+    threshold: float
 
 
 def image_to_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float], size: int | None = None,
@@ -64,7 +70,8 @@ class Segmenter:
     """
 
     def __init__(self, model: SynSeg, device: str | torch.device = "auto", backend: str = "auto",
-                 threshold: float = 0.5, max_categories: int = DEFAULT_MAX_CATEGORIES, input_size: int | None = None,
+                 threshold: float | None = None, presence_threshold: float | None = None,
+                 max_categories: int = DEFAULT_MAX_CATEGORIES, input_size: int | None = None,
                  precision: str | None = None, compile: bool = False, cuda_graphs: bool = True,
                  cache_dir: str | Path | None = None):
         """
@@ -73,7 +80,10 @@ class Segmenter:
             device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
             backend: "auto", "tensorrt", "torch" or "onnxruntime" (see ``synseg_model.backends``); "auto"
                 logs what it picked and why.
-            threshold: probability above which a pixel is in a category's mask.
+            threshold: probability above which a pixel is in a present category's mask; None: the model card's
+                ``mask_rule`` (0.5 for a model without one).
+            presence_threshold: presence score a category needs to get a mask (``synseg_model.masks``); None:
+                the card's (0, every category present, for a model without one).
             max_categories: the largest vocabulary; compiled backends accept any K up to it.
             input_size: side of the square the model sees (default: the model's ``image_size``).
             precision: "fp32", "fp16" or "bf16"; None: fp16 on CUDA, fp32 on CPU.
@@ -82,13 +92,11 @@ class Segmenter:
             cache_dir: where compiled engines and ONNX graphs are kept (default ``~/.cache/synseg/engines``,
                 or ``$SYNSEG_ENGINE_CACHE``).
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         if max_categories < 1:
             raise ValueError(f"max_categories must be at least 1, got {max_categories}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.threshold = float(threshold)
+        self.mask_rule = MaskRule.from_card(model.model_card).with_overrides(threshold, presence_threshold)
         self.max_categories = int(max_categories)
         self.input_size = int(input_size or model.config.image_size)
         options = BackendOptions(max_categories=self.max_categories, precision=precision, compile=compile,
@@ -109,6 +117,15 @@ class Segmenter:
     def model_card(self) -> dict[str, Any]:
         """The model's card (``SynSeg.model_card``): its one-line ``summary``, source, licence, ``classes``..."""
         return self.model.model_card
+
+    @property
+    def threshold(self) -> float:
+        """The activation threshold of the masks (``mask_rule.threshold``)."""
+        return self.mask_rule.threshold
+
+    def set_mask_rule(self, threshold: float | None = None, presence_threshold: float | None = None) -> None:
+        """Change the thresholds of the next frames; None restores the model card's value."""
+        self.mask_rule = MaskRule.from_card(self.model.model_card).with_overrides(threshold, presence_threshold)
 
     @property
     def vocabulary(self) -> list[str]:
@@ -156,10 +173,14 @@ class Segmenter:
         if text is None:
             raise ValueError("no vocabulary: call set_vocabulary(labels) first")
         h, w = rgb.shape[:2] if isinstance(rgb, np.ndarray) else (0, 0)
-        logits = self.logits(self.preprocess(rgb), text)
-        logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-        probs = torch.sigmoid(logits)
-        scores = probs.flatten(1).amax(dim=1)
-        probs_np = probs.cpu().numpy()
-        return Segmentation(labels=list(labels), probabilities=probs_np, masks=probs_np > self.threshold,
-                            scores=scores.cpu().numpy().astype(np.float32))
+        rule = self.mask_rule   # one read: a rule changed meanwhile applies from the next frame
+        logits = self.logits(self.preprocess(rgb), text).float()
+        # Presence at the model's resolution: the same score whatever the camera's size.
+        scores = rule.presence(torch.sigmoid(logits[0]))
+        present = rule.present(scores).cpu().numpy()
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0]
+        probs_np = torch.sigmoid(logits).cpu().numpy()
+        masks = (probs_np > rule.threshold) & present[:, None, None]
+        return Segmentation(labels=list(labels), probabilities=probs_np, masks=masks,
+                            scores=scores.cpu().numpy().astype(np.float32), present=present,
+                            threshold=rule.threshold)

@@ -85,6 +85,16 @@ def read_checkpoint(path: str | Path, tensors: bool = True
     return config, card, tensors
 
 
+def update_model_card(source: str | Path, target: str | Path, updates: Mapping[str, Any]) -> Path:
+    """Write ``target``: ``source``'s tensors and metadata, its model card updated with ``updates``."""
+    from safetensors import safe_open
+
+    config, card, tensors = read_checkpoint(source)
+    with safe_open(str(source), framework="pt") as f:
+        includes_clip = (f.metadata() or {}).get("includes_clip") == "True"
+    return write_checkpoint(target, config, tensors, {**card, **updates}, includes_clip)
+
+
 def load_clipseg_decoder(model: nn.Module, path: str | Path) -> None:
     """Load an original CLIPSeg decoder file (``rd64-uni.pth``, ``rd64-uni-refined.pth``) into a ``SynSeg``.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import array
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -232,12 +232,13 @@ class MaskBuffers:
         self.views: list[np.ndarray] = []
         self.shape: tuple[int, int] = (0, 0)
 
-    def fill(self, probabilities: np.ndarray, threshold: float) -> list[np.ndarray]:
-        """Threshold K maps: 255 where a map is above ``threshold``, else 0.
+    def fill(self, probabilities: np.ndarray, threshold: float, present: Sequence[bool]) -> list[np.ndarray]:
+        """Threshold K maps: 255 where a present label's map is above ``threshold``, else 0.
 
         Args:
             probabilities: (K, H, W) float32 (or float64) activation maps.
             threshold: the level a pixel must exceed to be in a mask.
+            present: (K,) whether each label gets a mask at all (``synseg_model.masks``).
 
         Returns:
             K (H, W) uint8 views of ``arrays``.
@@ -247,6 +248,9 @@ class MaskBuffers:
             self.arrays = [array.array("B", bytes(height * width)) for _ in range(count)]
             self.views = [np.frombuffer(buffer, np.uint8).reshape(height, width) for buffer in self.arrays]
             self.shape = (height, width)
-        for activation, view in zip(probabilities, self.views):
-            cv2.compare(np.ascontiguousarray(activation), float(threshold), cv2.CMP_GT, dst=view)
+        for activation, view, there in zip(probabilities, self.views, present):
+            if there:
+                cv2.compare(np.ascontiguousarray(activation), float(threshold), cv2.CMP_GT, dst=view)
+            else:
+                view.fill(0)
         return self.views

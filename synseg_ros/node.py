@@ -39,7 +39,7 @@ from synseg_ros import params
 from synseg_ros.diagnostics import DiagnosticsPublisher, NodeReport
 from synseg_ros.image_input import ImageInput
 from synseg_ros.outputs import SegmentationOutputs
-from synseg_ros.segmenter import Segmenter, SegmenterFactory, load_segmenter
+from synseg_ros.segmenter import Segmenter, SegmenterFactory, load_segmenter, mask_rule_values
 from synseg_ros.stats import FrameStats
 from synseg_ros.worker import FrameWorker
 
@@ -240,8 +240,8 @@ class SynSegNode(LifecycleNode):
         self.get_logger().info(f"Vocabulary {list(labels)} encoded in {(time.monotonic() - start) * 1e3:.0f} ms")
 
     def _apply_parameters(self, names: set[str]) -> None:
-        if "threshold" in names and self._segmenter is not None:
-            self._segmenter.threshold = self._settings["threshold"]
+        if names & {"threshold", "presence_threshold"} and self._segmenter is not None:
+            self._segmenter.set_mask_rule(*mask_rule_values(self._settings))
         if "diagnostics_period" in names and self._diagnostics is not None:
             self._diagnostics.set_period(self._settings["diagnostics_period"])
 
@@ -254,7 +254,8 @@ class SynSegNode(LifecycleNode):
             image_publishers=image_input.publisher_count() if image_input is not None else 0,
             backend=str(segmenter.backend_name) if segmenter is not None else "",
             device=str(segmenter.device) if segmenter is not None else "",
-            vocabulary=settings["vocabulary"] or (), threshold=settings["threshold"])
+            vocabulary=settings["vocabulary"] or (),
+            threshold=segmenter.threshold if segmenter is not None else settings["threshold"])
 
     def destroy_node(self) -> None:
         """Stop the worker thread, then the node."""

@@ -58,27 +58,26 @@ class SegmentationOutputs:
         self._masks = conversions.MaskBuffers()
         self._mask_images = []
 
-    def publish(self, frame: Frame, rgb: np.ndarray, result: Segmentation, threshold: float,
-                settings: Mapping[str, Any]) -> None:
+    def publish(self, frame: Frame, rgb: np.ndarray, result: Segmentation, settings: Mapping[str, Any]) -> None:
         """Publish one frame's result to the outputs that have subscribers, each with the frame's header.
 
         Args:
             frame: the source image (its header), and its depth and camera info with ``use_depth``.
             rgb: (H, W, 3) uint8, the decoded source image (for the overlay).
-            result: the segmentation of ``rgb``: (K, H, W) activation maps with their labels and scores.
-            threshold: the activation above which a pixel is in a mask.
+            result: the segmentation of ``rgb``: (K, H, W) activation maps with their labels, presence scores,
+                which labels are present and the mask threshold.
             settings: the node's parameter values (which outputs are switched on, the overlay's opacity).
         """
         want_masks = self._masks_pub.get_subscription_count() > 0
         want_labels = settings["publish_label_image"] and self._label_pub.get_subscription_count() > 0
         want_overlay = settings["publish_overlay"] and self._overlay_pub.get_subscription_count() > 0
-        header, robot = frame.header, self._robot
+        header, robot, threshold = frame.header, self._robot, float(result.threshold)
         if robot is not None:
             robot.publish_label_info(header, result.labels, threshold)
         want_robot = robot is not None and robot.wanted()
         if not (want_masks or want_labels or want_overlay or want_robot):
             return
-        masks = self._masks.fill(result.probabilities, threshold)
+        masks = self._masks.fill(result.probabilities, threshold, result.present)
         if want_robot:
             robot.publish(frame, result, masks, settings)
         if want_masks:

@@ -87,7 +87,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "names the labels it used."),
     ParamSpec("prompt_templates", None,
               "Prompt templates with {} for the label, averaged per label (unset: the model's own templates)."),
-    ParamSpec("threshold", 0.5, "Activation above which a pixel is in a label's mask.", float_range=(0.0, 1.0)),
+    ParamSpec("threshold", -1.0, "Activation above which a pixel is in a present label's mask; negative: the "
+              "model's own (its card's calibrated mask_rule; 0.5 for a model without one).",
+              float_range=(-1.0, 1.0)),
+    ParamSpec("presence_threshold", -1.0,
+              "Presence score (the mean of a label's highest 1% of activations) a label needs to get a mask at all; "
+              "below it the mask is empty. Negative: the model's own (its card's; 0, every label present, for a "
+              "model without one).", float_range=(-1.0, 1.0)),
     ParamSpec("checkpoint", "", "The model: a name (python -m synseg_model.pretrained list, e.g. "
               "clipseg-rd64-refined), hf-hub:ORG/REPO[@REVISION] or a .safetensors file; empty: the offline "
               "default model.", changes=UNCONFIGURED),

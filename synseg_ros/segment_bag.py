@@ -199,8 +199,8 @@ class FrameSegmenter:
     def outputs(self, msg: Any, rgb: np.ndarray) -> tuple[Any, Any, Any]:
         """(SegmentationMasks, Detection2DArray, LabelInfo) of one frame, with the frame's header."""
         result = self.segmenter.segment(rgb)
-        threshold = float(self.settings["threshold"])
-        masks = self.masks.fill(result.probabilities, threshold)
+        threshold = float(result.threshold)
+        masks = self.masks.fill(result.probabilities, threshold, result.present)
         height, width = rgb.shape[:2]
         image = self.types.get("sensor_msgs/msg/Image")
         mask_msgs = [image(header=msg.header, height=height, width=width, encoding="mono8", is_bigendian=0,

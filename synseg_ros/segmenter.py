@@ -16,11 +16,14 @@ import numpy as np
 
 
 class Segmentation(Protocol):
-    """One segmented frame: ``labels`` (K), ``probabilities`` (K, H, W) float32 in [0, 1], ``scores`` (K,)."""
+    """One segmented frame: ``labels`` (K), ``probabilities`` (K, H, W) float32 in [0, 1], ``scores`` (K,) the
+    labels' presence scores, ``present`` (K,) bool the labels that get a mask, and the mask ``threshold``."""
 
     labels: Sequence[str]
     probabilities: np.ndarray
     scores: np.ndarray
+    present: np.ndarray
+    threshold: float
 
 
 class Segmenter(Protocol):
@@ -28,7 +31,7 @@ class Segmenter(Protocol):
 
     backend_name: str
     device: Any
-    threshold: float
+    threshold: float                # the masks' activation threshold now in force
     model_card: Mapping[str, Any]   # a one-line "summary"; "classes": the default vocabulary, when it has them
 
     def set_vocabulary(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
@@ -36,6 +39,15 @@ class Segmenter(Protocol):
 
     def segment(self, rgb: np.ndarray) -> Segmentation:
         """Segment one (H, W, 3) uint8 RGB frame with the current vocabulary."""
+
+    def set_mask_rule(self, threshold: float | None = None, presence_threshold: float | None = None) -> None:
+        """The thresholds of the next frames; None: the model's own (its card's calibrated rule)."""
+
+
+def mask_rule_values(settings: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(threshold, presence_threshold) from the node's parameters: a negative value means the model's own."""
+    values = (settings.get(name, -1.0) for name in ("threshold", "presence_threshold"))
+    return tuple(None if value < 0 else float(value) for value in values)  # type: ignore[return-value]
 
 
 # Builds a segmenter from the node's parameter values (name -> value).
@@ -47,8 +59,9 @@ def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
     # Imported here so that torch loads only when a real model is used (not for --help or test fakes).
     from synseg_model import Segmenter as ModelSegmenter
 
-    kwargs: dict[str, Any] = {"device": settings["device"], "backend": settings["backend"],
-                              "threshold": settings["threshold"], "max_categories": settings["max_categories"]}
+    threshold, presence_threshold = mask_rule_values(settings)
+    kwargs: dict[str, Any] = {"device": settings["device"], "backend": settings["backend"], "threshold": threshold,
+                              "presence_threshold": presence_threshold, "max_categories": settings["max_categories"]}
     if settings["input_size"]:
         kwargs["input_size"] = settings["input_size"]
     if settings["precision"] != "auto":
@@ -61,18 +74,21 @@ class FakeSegmentation:
     labels: list[str]
     probabilities: np.ndarray
     scores: np.ndarray
+    present: np.ndarray
+    threshold: float
 
 
 class FakeSegmenter:
-    """Activation of label i = colour channel i % 3 / 255. A label "fail" makes ``set_vocabulary`` raise, as a
-    broken text encoder would; ``delay`` seconds are spent on every frame, as a slow model would."""
+    """Activation of label i = colour channel i % 3 / 255; its presence score is the channel's highest value. A
+    label "fail" makes ``set_vocabulary`` raise, as a broken text encoder would; ``delay`` seconds are spent on
+    every frame, as a slow model would. Its own rule (a negative parameter): threshold 0.5, presence 0."""
 
     backend_name = "fake"
     device = "cpu"
     model_card = {"summary": "fake model: the activation of label i is colour channel i % 3"}
 
     def __init__(self, settings: Mapping[str, Any], delay: float = 0.0) -> None:
-        self.threshold = float(settings["threshold"])
+        self.set_mask_rule(*mask_rule_values(settings))
         self.delay = delay
         self._labels: list[str] = []
         self._stop = threading.Event()       # never set: an interruptible sleep
@@ -82,11 +98,15 @@ class FakeSegmenter:
             raise RuntimeError("the text encoder failed")
         self._labels = list(labels)
 
+    def set_mask_rule(self, threshold: float | None = None, presence_threshold: float | None = None) -> None:
+        self.threshold = 0.5 if threshold is None else threshold
+        self.presence_threshold = 0.0 if presence_threshold is None else presence_threshold
+
     def segment(self, rgb: np.ndarray) -> FakeSegmentation:
         labels = self._labels
         if self.delay:
             self._stop.wait(self.delay)
         channels = [rgb[..., c] * np.float32(1.0 / 255.0) for c in range(3)]
         probabilities = np.stack([channels[i % 3] for i in range(len(labels))])
-        peaks = np.array([c.max() for c in channels], np.float32)
-        return FakeSegmentation(labels, probabilities, peaks[np.arange(len(labels)) % 3])
+        scores = np.array([c.max() for c in channels], np.float32)[np.arange(len(labels)) % 3]
+        return FakeSegmentation(labels, probabilities, scores, scores >= self.presence_threshold, self.threshold)

@@ -125,7 +125,7 @@ class FrameWorker:
         t1 = time.monotonic()
         result = self._segmenter.segment(rgb)
         t2 = time.monotonic()
-        self._outputs.publish(frame, rgb, result, float(settings["threshold"]), settings)
+        self._outputs.publish(frame, rgb, result, settings)
         t3 = time.monotonic()
 
         self._stats.count("processed")

@@ -148,21 +148,23 @@ def test_frame_stats_rates_and_percentiles():
 def test_mask_buffers_threshold_in_place_into_reused_arrays():
     probabilities = np.random.default_rng(2).random((3, 5, 7), dtype=np.float32)
     buffers = conversions.MaskBuffers()
-    views = buffers.fill(probabilities, 0.5)
+    views = buffers.fill(probabilities, 0.5, [True] * 3)
     for view, activation, array_ in zip(views, probabilities, buffers.arrays):
         np.testing.assert_array_equal(view, np.where(activation > 0.5, 255, 0))
         assert np.shares_memory(view, np.frombuffer(array_, np.uint8))      # the message's data, no copy
     first = list(buffers.arrays)
-    buffers.fill(probabilities, 0.9)
+    buffers.fill(probabilities, 0.9, [True] * 3)
     assert all(a is b for a, b in zip(first, buffers.arrays))                # reused frame after frame
     np.testing.assert_array_equal(views[0], np.where(probabilities[0] > 0.9, 255, 0))
-    buffers.fill(probabilities[:2], 0.5)
+    buffers.fill(probabilities, 0.5, [True, False, True])
+    assert not views[1].any() and views[0].any()                             # an absent label: an empty mask
+    buffers.fill(probabilities[:2], 0.5, [True] * 2)
     assert len(buffers.arrays) == 2                                          # a new vocabulary: new buffers
 
 
 def test_label_image_accepts_0_255_masks_as_bool_masks():
     probabilities = np.random.default_rng(3).random((4, 6, 5), dtype=np.float32)
-    views = conversions.MaskBuffers().fill(probabilities, 0.3)
+    views = conversions.MaskBuffers().fill(probabilities, 0.3, [True] * 4)
     np.testing.assert_array_equal(rendering.label_image(probabilities, views),
                                   rendering.label_image(probabilities, probabilities > 0.3))
 
@@ -176,6 +178,11 @@ def test_fake_segmenter_activation_is_the_colour_channel():
     for i in range(4):
         np.testing.assert_allclose(out.probabilities[i], rgb[..., i % 3] / 255.0, rtol=1e-6)
     np.testing.assert_allclose(out.scores, out.probabilities.reshape(4, -1).max(1))
+    assert out.present.all() and out.threshold == 0.5                       # negative parameters: its own rule
+    rgb[..., 1] //= 2                                                       # green: the faintest channel
+    fake.set_mask_rule(0.2, 0.51)
+    out = fake.segment(rgb)
+    assert out.present.tolist() == [True, False, True, True] and out.threshold == 0.2
     with pytest.raises(RuntimeError, match="text encoder"):
         fake.set_vocabulary(["fail"])
 

@@ -92,7 +92,7 @@ def scene_boxes(encoding: str, stride: int = 2, z: np.ndarray | None = None) -> 
     fake = FakeSegmenter({"threshold": 0.5})
     fake.set_vocabulary(scene.LABELS)
     result = fake.segment(scene.colour())
-    masks = conversions.MaskBuffers().fill(result.probabilities, 0.5)
+    masks = conversions.MaskBuffers().fill(result.probabilities, 0.5, result.present)
     found = regions.find_regions(masks, 100)
     camera = depth.PinholeCamera.from_camera_info({"k": scene.camera_matrix()})
     grid = depth.point_grid(scene.depth_fields(encoding, z), camera, MAX_DEPTH, stride,
@@ -169,7 +169,7 @@ def test_labelled_cloud_holds_the_masked_valid_points_with_their_label_index():
     z[:10] = np.nan                                             # the top rows have no depth: 5 of the grid's
     camera = depth.PinholeCamera.from_camera_info({"k": scene.camera_matrix()})
     grid = depth.point_grid(scene.depth_fields("32FC1", z), camera, MAX_DEPTH, 2)
-    masks = [grid.sample(m) for m in conversions.MaskBuffers().fill(result.probabilities, 0.5)]
+    masks = [grid.sample(m) for m in conversions.MaskBuffers().fill(result.probabilities, 0.5, result.present)]
     label_map = rendering.label_image(grid.sample(result.probabilities), masks)
     points = depth.labelled_points(grid, label_map)
     assert points.dtype == depth.CLOUD_DTYPE
@@ -199,7 +199,7 @@ def textured_scene() -> np.ndarray:
 def fake_masks(rgb: np.ndarray) -> np.ndarray:
     fake = FakeSegmenter({"threshold": 0.5})
     fake.set_vocabulary(["red", "green", "blue"])
-    return np.stack(conversions.MaskBuffers().fill(fake.segment(rgb).probabilities, 0.5)) > 0
+    return np.stack(conversions.MaskBuffers().fill(fake.segment(rgb).probabilities, 0.5, [True] * 3)) > 0
 
 
 def encode(rgb: np.ndarray, ext: str, *params: int) -> bytes:

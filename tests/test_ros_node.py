@@ -91,6 +91,34 @@ def test_image_in_masks_out_keeps_header_and_labels(fake_node):
                                                                                           "camera_optical")
 
 
+def test_a_label_under_the_presence_threshold_gets_an_empty_mask(fake_node):
+    """The blue channel is 90/255 everywhere: above a threshold of 0.2, so its map covers the frame, but its
+    presence score (0.35) is under a presence threshold of 0.4: no mask. Negative values: the model's own rule."""
+    proc, probe = fake_node
+    assert probe.set_parameter("vocabulary", ["red", "green", "blue"]).successful
+    rgb = red_box_image()
+
+    def blue_mask(presence: float) -> np.ndarray:
+        assert probe.set_parameter("threshold", 0.2).successful
+        assert probe.set_parameter("presence_threshold", presence).successful
+        sent = {}
+
+        def make():
+            sent["stamp"] = probe.now()
+            return image_msg(rgb, "rgb8", sent["stamp"])
+
+        out = probe.publish_until(make, lambda: masks_with_stamp(probe, sent["stamp"]), what="masks")[0]
+        assert out.threshold == pytest.approx(0.2)
+        return mask_array(out.masks[2])
+
+    try:
+        assert blue_mask(0.3).all()
+        assert not blue_mask(0.4).any()
+    finally:
+        assert probe.set_parameter("threshold", -1.0).successful
+        assert probe.set_parameter("presence_threshold", -1.0).successful
+
+
 def test_vocabulary_change_from_another_process(fake_node):
     proc, probe = fake_node
     result = probe.set_parameter("vocabulary", ["tomato", "leaf"])

@@ -23,7 +23,41 @@ def test_segment_shapes_and_types(segmenter):
     assert out.probabilities.dtype == np.float32 and out.masks.dtype == bool
     assert out.scores.shape == (2,) and out.scores.dtype == np.float32
     np.testing.assert_array_equal(out.masks, out.probabilities > 0.5)
-    np.testing.assert_allclose(out.scores, out.probabilities.reshape(2, -1).max(1))
+    assert out.present.tolist() == [True, True] and out.threshold == 0.5      # no card rule: every label present
+    # The presence score: the mean of the top 1% of each map, at the model's resolution.
+    maps = torch.sigmoid(segmenter.logits(segmenter.preprocess(rgb), segmenter._vocab[1]))[0].flatten(1)
+    top = maps.sort(dim=1, descending=True).values[:, :-(-maps.shape[1] // 100)].mean(1)
+    np.testing.assert_allclose(out.scores, top.numpy(), rtol=1e-5)
+
+
+def test_a_label_below_the_presence_threshold_gets_an_empty_mask(tiny_model):
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    seg = Segmenter(tiny_model, device="cpu", threshold=0.0)
+    seg.set_vocabulary(["circle", "grass"])
+    scores = seg.segment(rgb).scores
+    low = int(np.argmin(scores))
+    seg.set_mask_rule(threshold=0.0, presence_threshold=float(scores.mean()))
+    out = seg.segment(rgb)
+    assert out.present.tolist() == [k != low for k in range(2)]
+    assert not out.masks[low].any() and out.masks[1 - low].all()              # threshold 0: all of a present map
+
+
+def test_the_model_card_carries_the_mask_rule(tiny_model, monkeypatch):
+    from synseg_model import MaskRule
+
+    monkeypatch.setattr(tiny_model, "model_card", {"mask_rule": {"threshold": 0.7, "presence_threshold": 0.9}})
+    seg = Segmenter(tiny_model, device="cpu")
+    assert seg.mask_rule == MaskRule(0.7, 0.9) and seg.threshold == 0.7
+    seg.set_mask_rule(threshold=0.3)
+    assert seg.mask_rule == MaskRule(0.3, 0.9)                              # an override keeps the rest
+    seg.set_mask_rule()
+    assert seg.mask_rule == MaskRule(0.7, 0.9)                              # None: the card's again
+    assert Segmenter(tiny_model, device="cpu", presence_threshold=0.0).mask_rule == MaskRule(0.7, 0.0)
+    monkeypatch.setattr(tiny_model, "model_card", {"mask_rule": {"threshold": 0.7, "presence": 0.9}})
+    with pytest.raises(ValueError, match="unknown mask_rule keys"):
+        Segmenter(tiny_model, device="cpu")
+    with pytest.raises(ValueError, match="presence_threshold must be in"):
+        MaskRule(presence_threshold=1.5)
 
 
 def test_vocabulary_change(segmenter):

@@ -339,8 +339,10 @@ def test_a_typo_in_the_world_or_stage1_file_is_refused(tmp_path, file, extra, me
     from training.config import ConfigError
     from training.shapes.config import load_stage1_config
 
+    # The shipped file with one top-level key replaced (a repeated key is refused on its own, as it should be).
+    data = yaml.safe_load(Path("config/shapes", file).read_text()) | yaml.safe_load(extra)
     path = tmp_path / file
-    path.write_text(Path("config/shapes", file).read_text() + extra)  # a later key replaces an earlier one
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_world(path) if file == "world.yaml" else load_stage1_config(path)
 

@@ -4,6 +4,8 @@
     clip      stage 1 alone: train the small CLIP with open_clip_train on generated shards
     gate      the zero-shot gate of a stage-1 checkpoint on a held-out split
     diagnose  which maps the MCCL objective prefers, the decoder of a checkpoint frozen
+    score     what the node publishes, scored: each label's mask under the model's rule, and the probes
+    calibrate choose a model's mask rule on dev (no caption-only class's dense truth) and write it to its card
     run       everything, from nothing to the results table (training.shapes.pipeline)
 """
 
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 from training.config import ConfigError
-from training.shapes import clip_stage, diagnose, generate, pipeline
+from training.shapes import calibrate, clip_stage, diagnose, generate, pipeline, robot
 from training.shapes.config import REPO_ROOT, load_stage1_config
 from training.shapes.world import load_world
 
@@ -60,6 +62,8 @@ COMMANDS = {
     "clip": clip_main,
     "gate": gate_main,
     "diagnose": diagnose.main,
+    "score": robot.main,
+    "calibrate": calibrate.main,
     "run": pipeline.main,
 }
 
