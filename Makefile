@@ -35,7 +35,7 @@ JAZZY_MESSAGES_STAMP := $(JAZZY_MESSAGES)/.installed
 FASTDDS := FASTDDS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds_loopback.xml
 SANDBOX := scripts/sandbox
 
-.PHONY: setup lint test test-fast demo shapes clean
+.PHONY: setup lint test test-fast demo shapes shapes-table clean
 
 setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(ROS2CLI_STAMP) $(JAZZY_MESSAGES_STAMP))
 
@@ -98,12 +98,16 @@ demo: setup
 	$(PY) -m training.shapes generate --out demo_out/scenes --train 0 --val 24 --seed 1
 	$(ROS_LIBS) $(ROS_PYTHONPATH) $(FASTDDS) $(SANDBOX) $(PY) -m synseg_ros.demo --scenes demo_out/scenes --out demo_out
 
-# The shapes world end to end (issue 7), from nothing: data, CLIP, dense decoder, MCCL variants, results table
-# and figure in runs/shapes/, and the offline default model synseg_model/weights/synseg-shapes.safetensors.
-# It stops after stage 1 if the CLIP fails its zero-shot gate; SHAPES_ARGS passes more options (`--set k=v`).
+# The shapes world from nothing (docs/shapes.md): data, CLIP, dense decoder and the rows the offline default
+# model comes from, in runs/shapes/, then that model in synseg_model/weights/synseg-shapes.safetensors. It stops
+# after stage 1 if the CLIP fails its zero-shot gate; SHAPES_ARGS passes more options (`--set k=v`).
 shapes: $(STAMP)
 	rm -rf runs/shapes
-	time $(PY) -m training.shapes run --out runs/shapes --install-default $(SHAPES_ARGS)
+	time $(PY) -m training.shapes run --out runs/shapes --install-default --rows robot $(SHAPES_ARGS)
+
+# Every row of the results table (docs/shapes_results.md), keeping what `make shapes` made in runs/shapes/.
+shapes-table: $(STAMP)
+	time $(PY) -m training.shapes run --out runs/shapes --reuse --install-default $(SHAPES_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAZZY_VENV) build install log demo_out

@@ -166,8 +166,45 @@ def summarize(recorder: Recorder, elapsed: float, switch: dict[str, Any]) -> dic
                 "vocabulary_change": switch, "phases": phases, "node_diagnostics": dict(recorder.diagnostics)}
 
 
+# What the demo reports of the model card's robot figures (training.shapes.robot, on the shapes test split).
+CARD_ROBOT_FIGURES = ("iou_seen", "iou_unseen", "area_ratio_seen", "area_ratio_unseen", "worst_absent_rate_seen",
+                      "worst_absent_rate_unseen", "caption_recall", "worst_word_rate", "frame_largest")
+
+
+def card_figures(checkpoint: str) -> dict[str, Any]:
+    """The mask rule and the test-split robot figures a local model file's card records ({} when it has none,
+    or the checkpoint is a name the demo does not resolve)."""
+    from synseg_model.pretrained import default_checkpoint_path
+    from synseg_model.weights import read_checkpoint
+
+    path = Path(checkpoint) if checkpoint else default_checkpoint_path()
+    if not path.is_file():
+        return {}
+    card = read_checkpoint(path, tensors=False)[1]
+    test = card.get("robot_metrics", {}).get("test", {})
+    return {"mask_rule": card.get("mask_rule"), "robot_test": {k: test[k] for k in CARD_ROBOT_FIGURES if k in test}}
+
+
+def _describe_card(figures: dict[str, Any]) -> list[str]:
+    if not figures.get("robot_test"):
+        return []
+    rule, f = figures["mask_rule"] or {}, figures["robot_test"]
+
+    def num(key: str) -> str:
+        return "n/a" if f.get(key) is None else f"{f[key]:.1f}"
+
+    return [f"- model card, what a robot receives on its test split under its mask rule (threshold "
+            f"{rule.get('threshold')}, presence {rule.get('presence_threshold')}): node IoU seen / unseen "
+            f"{num('iou_seen')} / {num('iou_unseen')}, area ratio {num('area_ratio_seen')} / "
+            f"{num('area_ratio_unseen')}, absent classes masked (worst, seen / unseen) "
+            f"{num('worst_absent_rate_seen')}% / {num('worst_absent_rate_unseen')}%, caption recall "
+            f"{num('caption_recall')}%, words outside the world (worst) {num('worst_word_rate')}%, largest mask on "
+            f"a frame outside it {num('frame_largest')}%"]
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = ["# SynSeg ROS 2 demo", "",
+             *_describe_card(summary.get("model", {})),
              f"- frames segmented: {summary['frames_segmented']} of {summary['camera_frames_seen']} camera frames "
              f"in {summary['seconds']} s ({summary['fps']} FPS)",
              f"- latency, image stamp to masks received: p50 {summary['latency_ms_p50']} ms, "
@@ -175,7 +212,7 @@ def markdown(summary: dict[str, Any]) -> str:
              f"- vocabulary change: {_describe_switch(summary['vocabulary_change'])}", ""]
     for phase in summary["phases"]:
         lines += [f"## vocabulary {phase['vocabulary']} ({phase['frames']} frames)", "",
-                  "| label | mean mask area (%) | mean score |", "| --- | ---: | ---: |"]
+                  "| label | mean mask area (%) | mean presence score |", "| --- | ---: | ---: |"]
         lines += [f"| {label} | {area} | {phase['mean_score'][label]} |"
                   for label, area in phase["mean_mask_area_percent"].items()]
         lines.append("")
@@ -282,7 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if new_phase is not None and "at_s" in switch:
                 # From the SetParameters request to the first masks message carrying the new labels.
                 switch["first_new_masks_after_s"] = round(new_phase.first_arrival - start_time - switch["at_s"], 3)
-            summary = summarize(recorder, time.monotonic() - start_time, switch)
+            summary = {**summarize(recorder, time.monotonic() - start_time, switch),
+                       "model": card_figures(args.checkpoint)}
         finally:
             executor.shutdown()
             recorder.destroy_node()

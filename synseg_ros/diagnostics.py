@@ -31,7 +31,8 @@ class NodeReport:
     backend: str = ""
     device: str = ""
     vocabulary: Sequence[str] = ()
-    threshold: float = 0.0
+    threshold: float = 0.0                  # the mask rule in force (the card's, or the parameters')
+    presence_threshold: float = 0.0
 
 
 def node_status(name: str, report: NodeReport) -> DiagnosticStatus:
@@ -51,7 +52,8 @@ def node_status(name: str, report: NodeReport) -> DiagnosticStatus:
     values = {"state": report.state,
               **{k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in figures.items()},
               "backend": report.backend, "device": report.device, "vocabulary": ", ".join(report.vocabulary),
-              "threshold": f"{report.threshold:.3f}", "image_topic": report.image_topic}
+              "threshold": f"{report.threshold:.3f}", "presence_threshold": f"{report.presence_threshold:.3f}",
+              "image_topic": report.image_topic}
     return DiagnosticStatus(level=level, name=name, message=summary, hardware_id=report.device,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
 

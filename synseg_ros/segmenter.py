@@ -32,6 +32,7 @@ class Segmenter(Protocol):
     backend_name: str
     device: Any
     threshold: float                # the masks' activation threshold now in force
+    presence_threshold: float       # and the presence score a label needs for a mask
     model_card: Mapping[str, Any]   # a one-line "summary"; "classes": the default vocabulary, when it has them
 
     def set_vocabulary(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:

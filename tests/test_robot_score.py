@@ -31,7 +31,7 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def maps(shipped, split):
-    return robot.compute_maps(shipped, split, robot.Probes(("dog", "car"), ("black", "uniform_noise"), 0.05), SEEN)
+    return robot.compute_maps(shipped, split, robot.Probes(("dog", "car"), ("black", "uniform_noise"), 0.01), SEEN)
 
 
 def test_robot_figures_are_what_the_node_publishes(shipped, split, maps):
@@ -44,12 +44,16 @@ def test_robot_figures_are_what_the_node_publishes(shipped, split, maps):
     names = maps.names
     keys = (split / "ImageSets/Segmentation/val.txt").read_text().split()
     inter, pred, true, pred_on, absent, absent_hit = (np.zeros(len(names)) for _ in range(6))
-    word_hits, frame_largest = np.zeros(2), {}
+    word_hits, frame_largest, positives, negatives = np.zeros(2), {}, [], []
     for key in keys:
         rgb = np.array(Image.open(split / "JPEGImages" / f"{key}.jpg").convert("RGB"))
         truth = np.asarray(Image.open(split / "SegmentationClass" / f"{key}.png"))
         seg.set_vocabulary(names)
-        masks = seg.segment(rgb).masks
+        out = seg.segment(rgb)
+        masks = out.masks
+        holds = np.array([(truth == k).any() for k in range(len(names))])
+        positives.append(out.scores[holds])
+        negatives.append(out.scores[~holds])
         for k in range(len(names)):
             inside = truth == k
             inter[k] += (masks[k] & inside).sum()
@@ -58,9 +62,9 @@ def test_robot_figures_are_what_the_node_publishes(shipped, split, maps):
             pred_on[k] += masks[k].sum() if inside.any() else 0
             if not inside.any():
                 absent[k] += 1
-                absent_hit[k] += masks[k].mean() > 0.05
+                absent_hit[k] += masks[k].mean() > 0.01
         seg.set_vocabulary(["dog", "car"])
-        word_hits += seg.segment(rgb).masks.mean((1, 2)) > 0.05
+        word_hits += seg.segment(rgb).masks.mean((1, 2)) > 0.01
     seg.set_vocabulary(names)
     for frame in ("black", "uniform_noise"):
         frame_largest[frame] = 100 * seg.segment(robot.probe_frame(frame, 64)).masks.mean((1, 2)).max()
@@ -74,11 +78,19 @@ def test_robot_figures_are_what_the_node_publishes(shipped, split, maps):
             assert row["precision"] == pytest.approx(100 * inter[k] / pred[k], abs=1e-6)
         if absent[k]:
             assert row["absent_rate"] == pytest.approx(100 * absent_hit[k] / absent[k], abs=1e-6)
+    pos, neg = np.concatenate(positives), np.concatenate(negatives)
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert figures["presence_auc"] == pytest.approx(pairs, abs=1e-6)
     assert list(figures["words"].values()) == pytest.approx(list(100 * word_hits / len(keys)), abs=1e-6)
     for frame, largest in frame_largest.items():
         assert figures["frames"][frame]["largest"] == pytest.approx(largest, abs=1e-6)
     assert figures["iou_seen"] == pytest.approx(np.mean([figures["per_class"][n]["iou"] for n in names
                                                          if n in SEEN and figures["per_class"][n]["iou"] is not None]))
+
+
+def test_auc_counts_ties_half():
+    assert robot.auc(torch.tensor([0.9, 0.5]), torch.tensor([0.5, 0.1])) == 0.875   # (1 + 1 + 0.5 + 1) / 4
+    assert robot.auc(torch.tensor([0.9]), torch.tensor([])) is None
 
 
 def test_captions_name_the_classes_the_training_reads_from_them(split, maps):

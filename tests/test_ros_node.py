@@ -114,6 +114,9 @@ def test_a_label_under_the_presence_threshold_gets_an_empty_mask(fake_node):
     try:
         assert blue_mask(0.3).all()
         assert not blue_mask(0.4).any()
+        # /diagnostics says which rule is in force (the parameters' here; by default the model's own).
+        wait_until(lambda: latest_diagnostics(probe.messages("/diagnostics")).get("presence_threshold") == "0.400",
+                   what="the presence threshold in /diagnostics")
     finally:
         assert probe.set_parameter("threshold", -1.0).successful
         assert probe.set_parameter("presence_threshold", -1.0).successful

@@ -274,10 +274,11 @@ def test_three_stages_ci_sized(tmp_path):
     resolved.write_text(yaml.safe_dump(tree))
     assert not finished_with(run_dir, again.training.stage3_config("open_vocab", recipe, 0, init), init)
 
-    selected = pipeline.variants.run("area_low", 0, stage2)  # select: dev keeps the step best on dev
+    # select: dev keeps the step best on dev, by the seen classes alone (no unseen class's truth decides)
+    selected = pipeline.variants.run("area_low", 0, stage2)
     curve = json.loads((tmp_path / "stage3/area_low/seed0/dev_curve.json").read_text())
-    assert set(curve) == {"0", "5", "10"} and selected.dev_miou == curve[str(selected.step)]["miou"]
-    assert selected.dev_miou == max(c["miou"] for c in curve.values()) and selected.checkpoint.is_file()
+    assert set(curve) == {"0", "5", "10"} and selected.dev_miou == curve[str(selected.step)]["miou_seen"]
+    assert selected.dev_miou == max(c["miou_seen"] for c in curve.values()) and selected.checkpoint.is_file()
 
     # The best recipe is the candidate best on dev over its seeds; its ablations inherit that candidate's
     # overrides and keep the step it was chosen at, seed by seed.
@@ -295,8 +296,15 @@ def test_three_stages_ci_sized(tmp_path):
     assert all(torch.equal(load_checkpoint(ablation.checkpoint).state_dict()[k], v) for k, v in at_5.items())
 
     row = evaluate_run(run, pipeline.folders.test, pipeline.folders.dev, pipeline.seen_classes)
-    assert row["test"] == score_split(load_checkpoint(run.checkpoint), pipeline.folders.test,
-                                      pipeline.seen_classes)  # each figure is that of the split it names
+    benchmark = score_split(load_checkpoint(run.checkpoint), pipeline.folders.test, pipeline.seen_classes)
+    assert {k: row["test"][k] for k in benchmark} == benchmark  # each figure is that of the split it names
+    # What a robot receives: the test split scored under the rule chosen on dev, the dev robot score its own.
+    assert row["test"]["robot"]["rule"] == row["dev"]["robot"]["rule"] == row["mask_rule"]
+    assert row["test"]["robot_iou_seen"] == row["test"]["robot"]["iou_seen"] and row["dev"]["robot_dev"] >= 0
+    # The presence score separates the classes in a scene from the others (AUC over (scene, class) pairs).
+    assert row["test"]["robot"]["presence_auc"] > 0.8 and row["dev"]["robot"]["presence_auc"] > 0.8, row
+    assert set(row["test"]["robot"]["frames"]) == {"black", "grey", "white", "beige", "green", "uniform_noise",
+                                                   "checkerboard", "gradient"}  # the test probes
     assert row["test"]["num_images"] == row["dev"]["num_images"] == 4
     assert row["test"]["per_class"] != row["dev"]["per_class"]  # two different splits
 
@@ -312,7 +320,10 @@ def test_pipeline_config_errors_come_before_any_work(tmp_path):
                               ("variants.paper.seeds=4", "variants.paper.seeds"),
                               ("variants.no_sep.base=nope", "'nope' is not another variant"),
                               ("ship.candidates=[stage2, nope]", "unknown rows ['nope']"),
-                              ("ship.metric=dice", "'ship.metric': must be one of ('miou', 'mask_miou')")):
+                              ("ship.metric=mask_miou", "'ship.metric': must be one of ('miou_seen', 'robot_dev')"),
+                              ("variants.open_vocab.start=robot", "'variants.open_vocab.start': 'robot' must come "
+                                                                  "before it"),
+                              ("variants.robot.start=best", "'best' must be a variant of its own run")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_pipeline_config(path, [override])
     # A variant's training overrides are checked against the training config when the pipeline is built.
@@ -323,6 +334,23 @@ def test_pipeline_config_errors_come_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="stage1.yaml: unknown config key 'batch_sise'"):
         Pipeline(cfg, tmp_path)
     assert not (tmp_path / "data").exists()
+
+
+def test_rows_keep_what_a_row_starts_from_and_write_out_its_base():
+    """--rows robot (make shapes): the runs the default model comes from, each with its recipe in full."""
+    from training.config import ConfigError
+    from training.shapes.config import load_pipeline_config
+
+    cfg = load_pipeline_config("config/shapes/pipeline.yaml")
+    only = cfg.only_rows(["robot"])
+    assert list(only.variants) == ["open_vocab_rel_long", "robot"]      # (m) runs: (n) starts from it
+    assert only.variants["robot"].base is None
+    assert only.variants["robot"].overrides == (cfg.variants["open_vocab"].overrides
+                                                + cfg.variants["open_vocab_rel"].overrides
+                                                + cfg.variants["robot"].overrides)
+    assert only.ship.candidates == ["stage2", "open_vocab_rel_long", "robot"] and only.ship.metric == "robot_dev"
+    with pytest.raises(ConfigError, match=r"--rows: unknown rows \['robto'\]"):
+        cfg.only_rows(["robto"])
 
 
 @pytest.mark.parametrize("file, extra, message", [

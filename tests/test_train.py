@@ -186,6 +186,40 @@ def test_open_vocabulary_terms_peak_absent_and_confident_anchor(tiny_model):
     assert losses["absent"] == 0 and losses["anchor"] == 0
 
 
+def test_outside_term_pushes_down_drawn_words_and_frames_with_no_protection(tiny_model, tmp_path):
+    """L_outside: the image's drawn words and the frames' labels are sure negatives; the starting model's
+    recognising them (which would protect a label from L_absent) changes nothing."""
+    from training.config import OutsideLoss
+    from training.outside import random_frames
+
+    model = copy.deepcopy(tiny_model).eval()
+    torch.manual_seed(0)
+    words = tmp_path / "words.txt"
+    words.write_text("# a comment\nlamp\n\nteapot\n")
+    batch = {"image": torch.randn(2, 3, 64, 64), "labels": [["cat"], ["tree"]],
+             "label_mask": torch.tensor([[True], [True]])}
+    cache = TextEmbeddingCache(model, ["a photo of a {}."])
+    options = OutsideLoss(weight=1.0, words=str(words), labels=2, frames=0)
+    task = tasks.create_task("mccl", model, cache, LossConfig(mccl=None, outside=options)).eval()
+    assert task.outside_words == ["lamp", "teapot"]
+    torch.manual_seed(1)
+    value = task.training_forward(batch)["outside"]
+    torch.manual_seed(1)
+    drawn = [task._draw_words(2) for _ in range(2)]
+    logits = model(batch["image"], cache.batch_embeddings(drawn))
+    top = logits.flatten(2).topk(round(0.02 * 64 * 64), dim=-1).values
+    assert torch.allclose(value, torch.nn.functional.softplus(top).mean(), atol=1e-5)
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.decoder.parameters())
+    # Frames only: every label of the batch is absent from them.
+    options.words, options.frames = None, 3
+    task = tasks.create_task("mccl", model, cache, LossConfig(mccl=None, outside=options)).eval()
+    assert task.training_forward(batch)["outside"] > 0
+    frames = random_frames(3, 16, torch.Generator().manual_seed(0))
+    assert frames.shape == (3, 16, 16, 3) and frames.dtype == torch.uint8
+    assert (frames[0] == frames[0, 0, 0]).all() and frames[1].float().std() > 1 and frames[2].unique().numel() > 2
+
+
 def test_relative_peak_pulls_a_label_up_where_it_leads_not_where_its_map_is_highest():
     """L_peak's relative pixels: where the label's map most exceeds the image's other labels' maps."""
     logits = torch.full((1, 3, 4, 4), -4.0)

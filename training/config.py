@@ -21,7 +21,7 @@ from training.files import read_text
 TASKS = ("mccl", "dense_bce")
 PRECISIONS = ("auto", *MODEL_PRECISIONS)
 PROJECTOR_INPUTS = ("conditional", "visual")
-ADDED_TERMS = ("area", "peak", "peak_relative", "anchor", "absent")  # LossConfig's sections besides mccl
+ADDED_TERMS = ("area", "peak", "peak_relative", "anchor", "absent", "outside")  # LossConfig's sections besides mccl
 
 
 class ConfigError(ValueError):
@@ -102,6 +102,22 @@ class AbsentLoss:
 
 
 @dataclass
+class OutsideLoss:
+    """L_outside (a deviation): what is surely not in an image gets no mask (`training.outside`). The equation
+    is L_absent's (`synseg_model.losses.absent_loss`) over sure negatives, none protected by the starting model:
+    `labels` words per image drawn from `words` (nouns no training caption names), and `frames` frames per batch
+    that hold nothing of the world (flat colours, noise, gradients), each with up to `frame_labels` of the
+    batch's labels and its words."""
+
+    weight: float
+    words: str | None = None  # file, one noun per line (null: no words; frames then take the batch's labels only)
+    labels: int = 2  # words per image
+    frames: int = 2  # frames per batch
+    frame_labels: int = 8  # batch labels per frame, at most
+    fraction: float = 0.02
+
+
+@dataclass
 class LossConfig:
     """The terms of the objective. A term is on when its section is set (null: off); the default is the
     paper's, MCCL's four losses and nothing else. The trainer minimises the weighted sum of the terms that are
@@ -114,6 +130,7 @@ class LossConfig:
     peak_relative: PeakLoss | None = None
     anchor: AnchorLoss | None = None
     absent: AbsentLoss | None = None
+    outside: OutsideLoss | None = None
 
     def terms(self) -> dict[str, float]:
         """The weight of every term that is on, by name, in the order the trainer sums them."""
@@ -391,6 +408,15 @@ def _check_loss(cfg: TrainingConfig) -> None:
              "must be in (-1, 1]: at -1 every label is a near-synonym and none is ever absent")
         need(0 < absent.min_peak <= 1, "loss.absent.min_peak",
              "must be in (0, 1]: at 0 the starting model recognises every label and none is ever absent")
+    if loss.outside is not None:
+        outside = loss.outside
+        need(outside.labels >= 0 and outside.frames >= 0 and outside.frame_labels >= 0, "loss.outside",
+             "labels, frames and frame_labels must be >= 0")
+        words = outside.words is not None and outside.labels > 0
+        need(words or (outside.frames > 0 and outside.frame_labels > 0), "loss.outside",
+             "takes nothing as absent: give words and labels >= 1, or frames >= 1 and frame_labels >= 1")
+        if outside.words is not None:
+            need(Path(outside.words).is_file(), "loss.outside.words", f"{outside.words}: file not found")
 
 
 def _check_optim(cfg: TrainingConfig) -> None:

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synseg_model import image_to_tensor
 from synseg_model.losses import absent_loss, anchor_loss, area_loss, mccl_loss, peak_loss
 
 from .config import LossConfig
+from .outside import random_frames, read_words
 from .text_cache import TextEmbeddingCache
 
 
@@ -84,6 +86,11 @@ class MCCLTask(TrainingTask):
         if loss.anchor is not None or loss.absent is not None:
             # A frozen copy of the starting decoder and projector; the CLIP is shared, not copied.
             self.anchor = copy.deepcopy(model, memo={id(model.clip): model.clip}).requires_grad_(False).eval()
+        self.outside_words: list[str] = []
+        if loss.outside is not None and loss.outside.words is not None:
+            self.outside_words = read_words(loss.outside.words)
+            if not self.outside_words:
+                raise ValueError(f"loss.outside.words: {loss.outside.words} holds no word")
 
     def train(self, mode: bool = True) -> "MCCLTask":
         super().train(mode)
@@ -126,6 +133,10 @@ class MCCLTask(TrainingTask):
             absent = self.absent_term(batch, activations, size)
             if absent is not None:
                 terms["absent"] = absent
+        if loss.outside is not None:
+            outside = self.outside_term(batch, activations, size)
+            if outside is not None:
+                terms["outside"] = outside
         return {name: self.weights[name] * value for name, value in terms.items() if name in self.weights}
 
     def absent_term(self, batch: dict, activations: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor | None:
@@ -161,6 +172,36 @@ class MCCLTask(TrainingTask):
             mask[b, :len(chosen)] = True
             names.append(chosen + own[:1] * (count - len(chosen)))
         return names, mask
+
+
+    def outside_term(self, batch: dict, activations: list[torch.Tensor], size: tuple[int, int]
+                     ) -> torch.Tensor | None:
+        """L_outside (`training.config.OutsideLoss`): L_absent's equation on sure negatives, the mean of its
+        value on the images (their drawn words) and on the drawn frames (batch labels and words); None when
+        neither offers a label."""
+        options, parts = self.loss.outside, []
+        device = batch["image"].device
+        if self.outside_words and options.labels:
+            names = [self._draw_words(options.labels) for _ in batch["labels"]]
+            logits = self.model.decode(activations, self.text_cache.batch_embeddings(names), size)
+            parts.append(absent_loss(logits, torch.ones(logits.shape[:2], dtype=torch.bool, device=device),
+                                     options.fraction))
+        vocabulary = sorted({label for item in batch["labels"] for label in item})
+        if options.frames and (vocabulary or self.outside_words) and options.frame_labels:
+            cfg = self.model.config
+            frames = image_to_tensor(random_frames(options.frames, size[0]).numpy(), cfg.mean, cfg.std, size[0],
+                                     device)
+            names = []
+            for _ in range(options.frames):
+                chosen = [vocabulary[i] for i in torch.randperm(len(vocabulary))[:options.frame_labels].tolist()]
+                names.append(chosen + (self._draw_words(options.labels) if self.outside_words else []))
+            logits = self.model.decode(self.model.encode_image(frames), self.text_cache.batch_embeddings(names), size)
+            real = torch.tensor([[i < len(row) for i in range(logits.shape[1])] for row in names], device=device)
+            parts.append(absent_loss(logits, real, options.fraction))
+        return torch.stack(parts).mean() if parts else None
+
+    def _draw_words(self, count: int) -> list[str]:
+        return [self.outside_words[i] for i in torch.randint(len(self.outside_words), (count,)).tolist()]
 
 
 class DenseBCETask(TrainingTask):

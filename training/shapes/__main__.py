@@ -6,6 +6,7 @@
     diagnose  which maps the MCCL objective prefers, the decoder of a checkpoint frozen
     score     what the node publishes, scored: each label's mask under the model's rule, and the probes
     calibrate choose a model's mask rule on dev (no caption-only class's dense truth) and write it to its card
+    outside-words  write the words outside the world that L_outside trains on
     run       everything, from nothing to the results table (training.shapes.pipeline)
 """
 
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from training.config import ConfigError
-from training.shapes import calibrate, clip_stage, diagnose, generate, pipeline, robot
+from training.shapes import calibrate, clip_stage, diagnose, generate, outside_words, pipeline, robot
 from training.shapes.config import REPO_ROOT, load_stage1_config
 from training.shapes.world import load_world
 
@@ -64,6 +65,7 @@ COMMANDS = {
     "diagnose": diagnose.main,
     "score": robot.main,
     "calibrate": calibrate.main,
+    "outside-words": outside_words.main,
     "run": pipeline.main,
 }
 

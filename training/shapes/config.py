@@ -56,20 +56,23 @@ class Variant:
     row: str = ""  # its label in the results table
     overrides: list[str] = field(default_factory=list)  # training.train key=value on top of stage3's config
     base: str | None = None  # start from another variant's overrides
-    select: str | None = None  # "dev": keep the step checkpoint with the best dev mIoU
-    choose: list[str] | None = None  # this row is the listed variant with the best dev mIoU (no run of its own)
+    start: str | None = None  # train from that (earlier) variant's model of the same seed instead of stage 2
+    select: str | None = None  # "dev": keep the step checkpoint with the best dev seen-class mIoU
+    choose: list[str] | None = None  # this row is the listed variant best on dev seen-class mIoU (no run of its own)
     step_of: str | None = None  # keep the step checkpoint at the step that variant kept
     dev_curve: bool = False  # score every step checkpoint on dev (dev_curve.json); the run's end is kept
     seeds: int = 1  # run on the first `seeds` of the pipeline's seeds (rows that make a claim: all)
 
 
-SHIP_METRICS = ("miou", "mask_miou")
+SHIP_METRICS = ("miou_seen", "robot_dev")  # dev figures that use no caption-only class's dense truth
 
 
 @dataclass
 class ShipSection:
     candidates: list[str] = field(default_factory=list)  # the default model: the run best on dev by `metric`
-    metric: str = "miou"  # a score_split figure: miou (the benchmark's argmax) or mask_miou (the node's masks)
+    # robot_dev: the node's masks under the run's own mask rule, chosen on dev (training.shapes.calibrate);
+    # miou_seen: the benchmark's argmax on the seen classes
+    metric: str = "robot_dev"
 
 
 @dataclass
@@ -98,6 +101,32 @@ class PipelineConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def only_rows(self, rows: list[str]) -> PipelineConfig:
+        """This config with the variants ``rows`` and those whose models they need (start, step_of, choose)
+        alone, each with its ``base`` chain's overrides written out; the ship candidates and figure rows are cut
+        to what is left. The base rows always run."""
+        unknown = [row for row in rows if row not in self.variants and row not in BASE_ROWS]
+        if unknown:
+            raise ConfigError(f"--rows: unknown rows {unknown}; known: {[*BASE_ROWS, *self.variants]}")
+        needed, todo = set(), [row for row in rows if row in self.variants]
+        while todo:
+            name = todo.pop()
+            if name not in needed:
+                needed.add(name)
+                v = self.variants[name]
+                todo += [ref for ref in (v.start, v.step_of, *(v.choose or [])) if ref]
+        kept = set(needed) | set(BASE_ROWS)
+
+        def overrides(name: str) -> list[str]:
+            v = self.variants[name]
+            return (overrides(v.base) if v.base else []) + list(v.overrides)
+
+        return dataclasses.replace(
+            self, variants={name: dataclasses.replace(v, base=None, overrides=overrides(name))
+                            for name, v in self.variants.items() if name in needed},
+            ship=dataclasses.replace(self.ship, candidates=[c for c in self.ship.candidates if c in kept]),
+            figure=dataclasses.replace(self.figure, rows=[r for r in self.figure.rows if r in kept]))
 
 
 @dataclass
@@ -146,9 +175,14 @@ def _check(cfg: PipelineConfig) -> None:
         need(bool(v.row), f"{key}.row", "is required (the row's label)")
         need(v.select in (None, "dev"), f"{key}.select", "must be dev or absent")
         need(1 <= v.seeds <= len(cfg.seeds), f"{key}.seeds", f"must be between 1 and {len(cfg.seeds)}")
-        for ref_key, ref in (("base", v.base), ("step_of", v.step_of)):
+        for ref_key, ref in (("base", v.base), ("step_of", v.step_of), ("start", v.start)):
             need(ref is None or (ref in cfg.variants and ref != name), f"{key}.{ref_key}",
                  f"{ref!r} is not another variant")
+        if v.start is not None:
+            order = list(cfg.variants)
+            need(order.index(v.start) < order.index(name), f"{key}.start", f"{v.start!r} must come before it")
+            need(cfg.variants[v.start].choose is None and cfg.variants[v.start].seeds >= v.seeds, f"{key}.start",
+                 f"{v.start!r} must be a variant of its own run on at least {v.seeds} seeds")
         if v.choose is not None:
             need(not v.overrides and v.base is None, f"{key}.choose", "a chosen row has no overrides of its own")
             for candidate in v.choose:

@@ -72,9 +72,15 @@ def install_default(run: dict[str, Any], row: dict[str, Any], made: Provenance) 
                     "test_mask_miou_seen": test["mask_miou_seen"],
                     "test_mask_miou_unseen": test["mask_miou_unseen"], "dev_mask_miou": run["dev"]["mask_miou"],
                     "num_test_images": test["num_images"], "row_over_seeds": row["summary"]},
+        # What the node and Segmenter apply (synseg_model.masks), chosen for this run on dev.
+        "mask_rule": run["mask_rule"],
+        "mask_rule_choice": {"by": "training.shapes.calibrate on the dev split and dev probes",
+                             "unmet_bounds": run["unmet_bounds"], "dev_robot_dev": run["dev"]["robot_dev"]},
+        "robot_metrics": {"test": run["test"]["robot"], "dev": run["dev"]["robot"]},
         "evaluation": "one 64-px window per image, sigmoid, argmax over the 11 classes (training.evaluate "
                       "with short_side = crop_size = stride = 64); mask_miou: each class's mask "
-                      "activation > 0.5, as the ROS node publishes",
+                      "activation > 0.5; robot_metrics: the masks the node publishes under mask_rule "
+                      "(training.shapes.robot)",
         "chosen_by": f"dev {cfg.ship.metric}",
         # The frozen CLIP travels in float16 (cast back on load) to keep the shipped file small.
         "clip_storage": "float16",

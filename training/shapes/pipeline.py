@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = resolve("config/shapes/pipeline.yaml")
 RESULTS_JSON = "results.json"
+RESULTS_DOC = resolve("docs/shapes_results.md")   # with --install-default over every row
+EXAMPLES_DOC = resolve("docs/shapes_examples.png")
 
 
 class Pipeline:
@@ -83,8 +86,10 @@ class Pipeline:
         arch = clip_stage.register_model_config(self.stage1_cfg.model_config)[1]
         return self.training.stage2(clip_checkpoint, arch)
 
-    def run(self, install: bool = False) -> dict[str, Any]:
-        """All stages; returns (and writes to ``results.json`` and ``results.md``) every row's figures."""
+    def run(self, install: bool = False, publish: bool = False) -> dict[str, Any]:
+        """All stages; returns (and writes to ``results.json`` and ``results.md``) every row's figures. With
+        ``install`` the shipped run becomes the default model; with ``publish`` the table and the figure also
+        go to docs/ (``RESULTS_DOC``, ``EXAMPLES_DOC``)."""
         start = time.perf_counter()
         torch.set_num_threads(self.cfg.threads)
         self.make_data()
@@ -120,6 +125,9 @@ class Pipeline:
         (self.out / "results.md").write_text(report.results_markdown(results))
         if install:
             self.install(rows, shipped, gate_figures, stage2_cfg.to_dict())
+        if publish:
+            RESULTS_DOC.write_text(report.RESULTS_DOC_HEADER + report.results_markdown(results))
+            shutil.copyfile(self.out / "examples.png", EXAMPLES_DOC)
         logger.info("shapes world done in %.0f s; results in %s", results["timings_s"]["total"],
                     self.out / "results.md")
         return results
@@ -161,6 +169,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "from) instead of redoing them; the evaluation is redone")
     parser.add_argument("--install-default", action="store_true",
                         help="write the model chosen on the dev split to synseg_model/weights/")
+    parser.add_argument("--rows", default=None, metavar="A,B",
+                        help="run only these rows of the table and the rows they start from (make shapes: the "
+                             "default model's path); default: every row")
     return parser
 
 
@@ -168,4 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the pipeline the command line describes; returns its results."""
     args = get_args_parser().parse_args(argv)
     cfg = load_pipeline_config(args.config, args.overrides)
-    return Pipeline(cfg, args.out, reuse=args.reuse).run(install=args.install_default)
+    if args.rows:
+        cfg = cfg.only_rows([row.strip() for row in args.rows.split(",")])
+    # The docs hold the whole table: a run of some rows installs its model but leaves them as they are.
+    return Pipeline(cfg, args.out, reuse=args.reuse).run(install=args.install_default,
+                                                         publish=args.install_default and not args.rows)

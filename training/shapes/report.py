@@ -12,6 +12,14 @@ from synseg_model import image_to_tensor, load_checkpoint
 from training.datasets.readers import read_image, read_index_png
 from training.eval_panels import colorize, make_palette
 
+RESULTS_DOC_HEADER = """# Shapes world: results tables
+
+**Generated**: `make shapes-table` (`python -m training.shapes run --install-default`, every row) writes this
+file and `shapes_examples.png` from the run's results (the tables of `runs/shapes/results.md`). Do not edit it
+by hand: rerun the pipeline. What the rows are, how they were chosen and what they show: [shapes.md](shapes.md).
+
+"""
+
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -24,8 +32,8 @@ def _mean_sd(summary: dict[str, Any], key: str, digits: int = 1) -> str:
     return _fmt(mean, digits) + ("" if sd is None else f" ± {_fmt(sd, digits)}")
 
 
-def _mean_only(summary: dict[str, Any], key: str) -> str:
-    return _fmt(summary[key]["mean"]) if key in summary else "n/a"
+def _mean_only(summary: dict[str, Any], key: str, digits: int = 1) -> str:
+    return _fmt(summary[key]["mean"], digits) if key in summary else "n/a"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -52,6 +60,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                 ("test_act_off", 3))) + f" | {_mean_only(summary, 'test_mask_miou_seen')} / "
             f"{_mean_only(summary, 'test_mask_miou_unseen')} | {_mean_sd(summary, 'dev_miou')} | "
             f"{_mean_only(summary, 'dev_mask_miou')} |")
+    lines += ["", robot_markdown(results)]
     classes = results["classes"]
     seen = set(results["seen_classes"])
     lines += ["", "Per-class IoU (%) on the test split, mean over the row's seeds; * = seen in stage 2.", "",
@@ -74,6 +83,32 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{labels[name]}, seed {seed}.",
         "", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_s"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _seen_unseen(summary: dict[str, Any], key: str, digits: int = 1) -> str:
+    return f"{_mean_only(summary, key + '_seen', digits)} / {_mean_only(summary, key + '_unseen', digits)}"
+
+
+def robot_markdown(results: dict[str, Any]) -> str:
+    """What a robot receives, per row (mean over its seeds): the node's masks under each run's own mask rule,
+    chosen on dev (``training.shapes.calibrate``), on the test split and the test probes."""
+    rows, labels = results["rows"], results["row_labels"]
+    lines = ["What a robot receives (test split and test probes; each run's mask rule chosen on dev). Node IoU, "
+             "area ratio (predicted / true pixels) and absent: seen / unseen classes; caption recall: the share of "
+             "the classes a scene's caption names that get a mask; absent: the worst class's share of scenes "
+             "without it that get a mask over 1% of the frame; words: scenes with a mask for a word outside the "
+             "world; frames: the largest mask on a frame outside it, % of the frame.", "",
+             "| row | rule (threshold / presence) | node IoU | area ratio | absent, seen / unseen | caption recall | "
+             "words | frames | dev robot score |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        s = row["summary"]
+        rules = {(r["mask_rule"]["threshold"], r["mask_rule"]["presence_threshold"]) for r in row["runs"].values()}
+        lines.append(f"| {labels[name]} | {', '.join(f'{t:g} / {p:g}' for t, p in sorted(rules))} | "
+                     f"{_seen_unseen(s, 'test_robot_iou')} | {_seen_unseen(s, 'test_robot_area_ratio', 2)} | "
+                     f"{_seen_unseen(s, 'test_robot_worst_absent_rate')} | "
+                     f"{_mean_only(s, 'test_robot_caption_recall')} | {_mean_only(s, 'test_robot_word_rate')} | "
+                     f"{_mean_only(s, 'test_robot_frame_largest')} | {_mean_sd(s, 'dev_robot_dev')} |")
+    return "\n".join(lines)
 
 
 @torch.no_grad()

@@ -10,6 +10,8 @@ per class and for the seen / caption-only classes:
   of the frame;
 - ``caption_recall``: the share of (scene, class its caption names) pairs whose label is present, with the
   caption read by the training's own label extractor: image-level weak labels, as a CC12M run would have;
+- ``presence_auc``: how well the presence score separates the classes a scene holds from the others (ROC AUC
+  over (scene, class) pairs, by the dense truth: a reported figure, never a choice);
 
 and, for the probes (``config/shapes/probes.yaml``): the rate at which words outside the world get a mask over
 ``min_fraction`` of a scene, and the largest mask any world class gets on frames that are not of the world.
@@ -59,7 +61,7 @@ def load_probes(which: str, path: str | Path = PROBES) -> Probes:
     unknown = [name for name in part.get("frames", []) if name not in FRAMES]
     if unknown:
         raise ConfigError(f"{path}: '{which}.frames': unknown frames {unknown}; known: {sorted(FRAMES)}")
-    return Probes(tuple(part.get("words", [])), tuple(part.get("frames", [])), float(data.get("min_fraction", 0.05)))
+    return Probes(tuple(part.get("words", [])), tuple(part.get("frames", [])), float(data.get("min_fraction", 0.01)))
 
 
 def _flat(rgb: tuple[int, int, int]):
@@ -163,6 +165,14 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def auc(positive: torch.Tensor, negative: torch.Tensor) -> float | None:
+    """The probability that a positive scores above a negative (ties count half): the ROC AUC."""
+    if not len(positive) or not len(negative):
+        return None
+    above = (positive[:, None] > negative[None]).float() + 0.5 * (positive[:, None] == negative[None]).float()
+    return float(above.mean())
+
+
 def robot_figures(maps: RobotMaps, rule: MaskRule) -> dict[str, Any]:
     """Every figure of the module docstring for ``rule``, in percent (ratios as ratios)."""
     masks = _masks(maps.scenes, rule)
@@ -198,6 +208,8 @@ def robot_figures(maps: RobotMaps, rule: MaskRule) -> dict[str, Any]:
             figures[f"{key}_{group}"] = _mean([per_class[n][key] for n in members])
         figures[f"worst_absent_rate_{group}"] = max((per_class[n]["absent_rate"] or 0.0 for n in members),
                                                     default=None)
+    scores = rule.presence(maps.scenes)
+    figures["presence_auc"] = auc(scores[holds], scores[~holds])  # scene holds the class vs not: the rule's score
     named = maps.named
     figures["caption_recall"] = _pct(float(present[named].sum()), float(named.sum()))
     figures["word_rate"] = _mean(list(words.values()))
@@ -213,7 +225,7 @@ def _fmt(value: float | None, ratio: bool = False) -> str:
 def robot_table(figures: dict[str, Any], seen: set[str] | frozenset[str]) -> str:
     """A Markdown table of ``robot_figures``: one row per class, then the groups and the probes."""
     keys = ("iou", "precision", "recall", "area_ratio", "absent_rate", "caption_recall")
-    lines = ["| class | seen | node IoU | precision | recall | area ratio | absent: mask > 5% | caption recall |",
+    lines = ["| class | seen | node IoU | precision | recall | area ratio | absent: mask > 1% | caption recall |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, row in figures["per_class"].items():
         cells = [_fmt(row[k], k == "area_ratio") for k in keys]
@@ -226,7 +238,8 @@ def robot_table(figures: dict[str, Any], seen: set[str] | frozenset[str]) -> str
     rule = figures["rule"]
     lines += ["", f"rule: threshold {rule['threshold']}, presence {rule['presence_threshold']} "
                   f"(top {rule['presence_fraction']:.0%} of a map); {figures['num_images']} scenes",
-              f"words outside the world, % of scenes with a mask: mean {_fmt(figures['word_rate'])} ({words})",
+              f"words outside the world, % of scenes with a mask: mean {_fmt(figures['word_rate'])}, worst "
+              f"{_fmt(figures['worst_word_rate'])} ({words})",
               f"frames outside the world, largest mask, % of the frame: {frames}"]
     return "\n".join(lines)
 

@@ -24,6 +24,9 @@ from training.shapes.training_runs import TrainingRuns
 logger = logging.getLogger(__name__)
 
 DEV_CURVE_METRICS = ("miou", "miou_seen", "miou_unseen", "act_on", "act_off")
+# What `select: dev` and `choose` decide by: the seen classes' dev mIoU. The caption-only classes' dense truth
+# is for the results table alone, so that no choice behind a zero-shot figure has seen it.
+SELECT_METRIC = "miou_seen"
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Run:
 
     checkpoint: Path
     step: int | None = None
-    dev_miou: float | None = None
+    dev_miou: float | None = None  # its dev SELECT_METRIC
 
 
 class Variants:
@@ -59,13 +62,16 @@ class Variants:
         return self.cfg.seeds[:count]
 
     def run_all(self) -> None:
-        """Every variant, in table order, on its seeds, from the stage-2 model (``runs["stage2"]``)."""
+        """Every variant, in table order, on its seeds, from the stage-2 model (``runs["stage2"]``) or, with
+        ``start``, from another variant's model of the same seed."""
         stage2 = next(iter(self.runs["stage2"].values())).checkpoint
         for variant, spec in self.cfg.variants.items():
             if spec.choose:
                 self.choose(variant)
                 continue
-            self.runs[variant] = {seed: self.run(variant, seed, stage2) for seed in self.seeds_of(variant)}
+            self.runs[variant] = {seed: self.run(variant, seed, self.runs[spec.start][seed].checkpoint
+                                                 if spec.start else stage2)
+                                  for seed in self.seeds_of(variant)}
 
     def run(self, variant: str, seed: int, init: Path) -> Run:
         """One variant on one training seed, from ``init``, with the step its ``select`` or ``step_of`` keeps."""
@@ -84,7 +90,7 @@ class Variants:
         return Run(export)
 
     def choose(self, variant: str) -> str:
-        """The candidate of ``variant``'s ``choose`` list with the best mean dev mIoU over its seeds.
+        """The candidate of ``variant``'s ``choose`` list with the best mean dev ``SELECT_METRIC`` over its seeds.
 
         Raises:
             ValueError: a candidate has not run yet.
@@ -97,7 +103,7 @@ class Variants:
         name = max(candidates, key=dev.get)
         self.chosen[variant] = name
         self.runs[variant] = self.runs[name]
-        logger.info("%s: %s (mean dev mIoU %s)", variant, name, {c: round(v, 2) for c, v in dev.items()})
+        logger.info("%s: %s (mean dev %s %s)", variant, name, SELECT_METRIC, {c: round(v, 2) for c, v in dev.items()})
         return name
 
     def dev_curve(self, init: Path, run_dir: Path) -> tuple[dict[int, dict[str, float]], dict]:
@@ -115,10 +121,10 @@ class Variants:
         return curve, states
 
     def select_on_dev(self, export: Path, init: Path, run_dir: Path) -> Run:
-        """Among the run's step checkpoints (and its start), the one with the best dev mIoU, saved in the
-        foundation format (``selected.safetensors``); the dev curve goes to ``dev_curve.json``."""
+        """Among the run's step checkpoints (and its start), the one with the best dev ``SELECT_METRIC``, saved
+        in the foundation format (``selected.safetensors``); the dev curve goes to ``dev_curve.json``."""
         curve, states = self.dev_curve(init, run_dir)
-        scores = {step: c["miou"] for step, c in curve.items()}
+        scores = {step: c[SELECT_METRIC] for step, c in curve.items()}
         best = max(scores, key=scores.get)
         logger.info("%s: step %d kept", run_dir, best)
         selected = save_selected(init, export, run_dir, best, states[best], dev_miou_by_step=scores)
