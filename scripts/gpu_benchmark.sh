@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of issue 6, for a lent GPU machine (the device tool's `run`), from the repository root:
+# The GPU benchmarks, for a lent GPU machine (the device tool's `run`), from the repository root:
 #
 #   run(command="bash scripts/gpu_benchmark.sh", carry=[".whl"], timeout_s=600)
 #

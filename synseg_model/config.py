@@ -15,7 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class SynSegConfig:
-    """Architecture of a SynSeg model (method.md section 1-2). Keys map 1:1 onto the YAML files.
+    """Architecture of a SynSeg model (the paper's Sec. 4.1 and 4.3). Keys map 1:1 onto the YAML files.
 
     Attributes:
         clip_model: open_clip architecture name (e.g. "ViT-B-16"), or a path to an open_clip model-config JSON.

@@ -29,7 +29,8 @@ def _upsampler(kind: str, dim: int, patch: int) -> nn.Module:
 
 
 class Decoder(nn.Module):
-    """FiLM-conditioned transformer decoder over the CLIP activations (method.md section 1).
+    """FiLM-conditioned transformer decoder over the CLIP activations (the paper's Sec. 4.1; CLIPSeg's design,
+    Sec. 5.1).
 
     The per-layer reductions run once per image; only what follows FiLM runs once per category.
     """
@@ -101,7 +102,7 @@ class Projector(nn.Module):
 
 
 def synergy_features(projected: torch.Tensor, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground and background synergy features (method.md section 2).
+    """Foreground and background synergy features (the paper's Feature Synergy Structure, Sec. 4.3).
 
     Args:
         projected: P, (N, D, h, w) projected conditional visual vectors.

@@ -107,7 +107,7 @@ class SynSeg(nn.Module):
     def encode_text(self, labels: list[str], templates: list[str] | tuple[str, ...] | None = None) -> torch.Tensor:
         """Conditioning vectors t_k, (K, D): the raw embeddings of each label's prompts, averaged over templates.
 
-        Not normalised: CLIPSeg's FiLM was trained on raw vectors (method.md section 1).
+        Not normalised: CLIPSeg's FiLM was trained on raw vectors (the paper starts from CLIPSeg's decoder, Sec. 5.1).
         """
         templates = tuple(templates or self.config.prompt_templates)
         if not labels:

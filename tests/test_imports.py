@@ -1,4 +1,4 @@
-"""The model package's import graph has no cycle, counting imports inside functions (issue 15, item 1)."""
+"""The model package's import graph has no cycle, counting imports inside functions ."""
 from __future__ import annotations
 
 import ast

@@ -18,7 +18,7 @@ from training.prepare_labels import main as prepare_labels
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # (precision, recall) measured with the packaged config on the labelled alt-text captions; the test allows
-# 0.03 less. Before issue 16: 0.758, 0.937 and 0.821, 0.950.
+# 0.03 less. Before the extractor's chunk rules (items below): 0.758, 0.937 and 0.821, 0.950.
 GOLD_SETS = {"labels_alt_text.yaml": (0.929, 0.963),  # 86 captions, 191 gold labels
              "labels_alt_text_heldout.yaml": (0.913, 0.941)}  # 45 captions, 101 gold labels
 
@@ -75,7 +75,7 @@ def test_stop_words_file_is_read_and_checked(tmp_path):
         load_stop_words(tmp_path / "missing.txt")
 
 
-# --- issue 16, item 1: no caption stops a run ------------------------------------------------------------------
+# --- no caption stops a run ---------------------------------------------------------------------------
 
 def test_very_long_caption_is_cut_before_parsing(extractor):
     caption = "a dog runs on the beach near a red boat " * 30_000  # 1.2M characters: over spaCy's max_length
@@ -91,7 +91,7 @@ def test_cut_caption_stops_at_a_word_boundary():
     assert cut_caption("x" * 20, 8) == "x" * 8
 
 
-# --- issue 16, item 3: abstract and event nouns are no labels -----------------------------------------------
+# --- abstract and event nouns are no labels --------------------------------------------------------
 
 @pytest.mark.parametrize("caption, expected", [
     ("fans wear pink to show their support for awareness during the match .", ["fan"]),
@@ -142,7 +142,7 @@ def test_label_config_errors_name_the_key(tmp_path):
         load_label_config(custom)
 
 
-# --- issue 16, items 4-6: chunk splitting and trimming, cleaning before parsing, 'couple' -------------------
+# --- chunk splitting and trimming, cleaning before parsing, 'couple' -----------------------------
 
 @pytest.mark.parametrize("caption, expected", [
     ("actor and film director drive through the crowd", ["actor", "film director", "crowd"]),

@@ -147,3 +147,17 @@ def test_the_probes_are_outside_the_world_and_dev_and_test_are_disjoint(tmp_path
     bad.write_text("dev: {words: [cat], frames: [purple]}\n")
     with pytest.raises(ConfigError, match="unknown frames"):
         robot.load_probes("dev", bad)
+
+
+def test_the_outside_words_are_what_the_command_writes_and_none_is_scored_or_of_the_world(tmp_path):
+    from training.outside import read_words
+    from training.shapes.outside_words import OUTSIDE_WORDS, main, world_vocabulary
+
+    main(["--out", str(tmp_path / "words.txt")])
+    words = read_words(OUTSIDE_WORDS)
+    assert read_words(tmp_path / "words.txt") == words and len(words) == 1000
+    world = load_world()
+    probes = set(robot.load_probes("dev").words + robot.load_probes("test").words)
+    assert not set(words) & (probes | world_vocabulary(world))
+    assert all(world.class_of_label(w) is None for w in words)
+    assert {"circle", "water", "table", "sea", "dog", "cat"}.isdisjoint(words) and "lamp" not in words

@@ -1,4 +1,4 @@
-"""The node and models by name (issue 14): the checkpoint parameter takes names, the card's one-line summary is
+"""The node and models by name: the checkpoint parameter takes names, the card's one-line summary is
 logged, and the card's classes are the default vocabulary."""
 from __future__ import annotations
 

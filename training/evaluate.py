@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 ALL_DATASETS = "all"
 TEXT_EMBEDDING_RULE = ("mean of the raw (not L2-normalised) CLIP text embeddings over the templates: SynSeg's "
-                       "FiLM conditions on raw vectors (method.md); TCL renormalises for its cosine classifier")
+                       "FiLM conditions on raw vectors (CLIPSeg's, the decoder the paper starts from, Sec. 5.1); "
+                       "TCL renormalises for its cosine classifier")
 DEFAULT_VIS_MAX_SIDE = 512
 
 # (index, image or None, label (H, W)) -> predicted class indices (H, W)

@@ -1,4 +1,5 @@
-"""Category labels from captions: spaCy noun chunks and nouns, cleaned as method.md section 4 asks.
+"""Category labels from captions: spaCy noun chunks and nouns, cleaned as the paper describes (Sec. 5.1:
+non-referential terms such as direction and unit nouns filtered out).
 
 A caption is first cut to `max_chars` and cleaned: HTML entities decoded, control characters dropped,
 photo credits and stock boilerplate removed, a `<PERSON>` fused into a word removed ("<PERSON>-style

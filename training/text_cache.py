@@ -18,7 +18,7 @@ class TextEmbeddingCache:
 
     Args:
         model: a `synseg_model.SynSeg` (its CLIP text encoder is frozen).
-        templates: prompt templates for t_c (method.md: "a photo of a {}." in training); None uses the
+        templates: prompt templates for t_c ("a photo of a {}." in training); None uses the
             model config's `prompt_templates`.
         capacity: labels kept; the least recently used are evicted beyond it.
     """
