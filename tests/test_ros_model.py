@@ -1,4 +1,5 @@
-"""The synseg node with the real offline default model: its masks overlap the true shapes (an IoU bound).
+"""The synseg node with the real offline default model: its masks overlap the true shapes (an IoU bound), and
+absent classes and a black frame get none.
 
 Scenes come from the shapes-world generator (ground truth per pixel); the node runs in its own process on
 CPU with `Segmenter.from_checkpoint(None)`, exactly as `ros2 run synseg_ros synseg_node` would.
@@ -23,15 +24,16 @@ MIN_CLASS_FRACTION = 0.02
 # those it learnt from captions alone (docs/shapes.md). MEASURED_IOU is what this test measured with
 # the committed model, and the bounds sit a margin below it, so that it tests the node's path (conversion,
 # model, thresholding, messages), not the model's edge. The seen classes' masks must also overlap the truth
-# clearly better than whole-image masks do. The unseen ones beat them, not yet by that margin (0.401 against
-# 0.343): whole-image masks of a background score high. Their bound alone still fails a model that never
-# learnt them (the stage-2 model's masks: 0.0 node-mask mIoU on them, docs/shapes.md).
-MEASURED_IOU = {"seen": 0.742, "unseen": 0.401}
+# clearly better than whole-image masks do. The unseen ones do not beat them on these scenes (0.309 against
+# 0.343): whole-image masks of a background score high, and the card's presence threshold leaves about a sixth
+# of the caption-only labels that are there without a mask (docs/shapes.md, "What a robot receives"). Their
+# bound alone still fails a model that never learnt them (the stage-2 model's masks: 0.0 on them).
+MEASURED_IOU = {"seen": 0.698, "unseen": 0.309}
 MARGIN = 0.1
 # Presence before pixels, through the node with the model card's mask rule: a world class absent from a scene
 # (no pixel of it) gets a mask over 1% of the frame in at most this share of such (scene, class) pairs
 # (MEASURED_ABSENT with the committed model, plus a margin), and a black frame gets no mask at all.
-MEASURED_ABSENT = 0.0
+MEASURED_ABSENT = 0.020
 MAX_ABSENT = MEASURED_ABSENT + 0.05
 MIN_GAIN_OVER_WHOLE_IMAGE = 0.1
 MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine

@@ -96,8 +96,8 @@ def robot_markdown(results: dict[str, Any]) -> str:
     lines = ["What a robot receives (test split and test probes; each run's mask rule chosen on dev). Node IoU, "
              "area ratio (predicted / true pixels) and absent: seen / unseen classes; caption recall: the share of "
              "the classes a scene's caption names that get a mask; absent: the worst class's share of scenes "
-             "without it that get a mask over 1% of the frame; words: scenes with a mask for a word outside the "
-             "world; frames: the largest mask on a frame outside it, % of the frame.", "",
+             "without it that get a mask over 1% of the frame; words: the worst word outside the world, the share "
+             "of scenes where it gets such a mask; frames: the largest mask on a frame outside it, % of the frame.", "",
              "| row | rule (threshold / presence) | node IoU | area ratio | absent, seen / unseen | caption recall | "
              "words | frames | dev robot score |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
@@ -106,7 +106,7 @@ def robot_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {labels[name]} | {', '.join(f'{t:g} / {p:g}' for t, p in sorted(rules))} | "
                      f"{_seen_unseen(s, 'test_robot_iou')} | {_seen_unseen(s, 'test_robot_area_ratio', 2)} | "
                      f"{_seen_unseen(s, 'test_robot_worst_absent_rate')} | "
-                     f"{_mean_only(s, 'test_robot_caption_recall')} | {_mean_only(s, 'test_robot_word_rate')} | "
+                     f"{_mean_only(s, 'test_robot_caption_recall')} | {_mean_only(s, 'test_robot_worst_word_rate')} | "
                      f"{_mean_only(s, 'test_robot_frame_largest')} | {_mean_sd(s, 'dev_robot_dev')} |")
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from training.shapes.variants import Run
 # What a robot receives under the run's own mask rule (training.shapes.robot), flattened as robot_<figure>.
 ROBOT_METRICS = ("iou_seen", "iou_unseen", "precision_seen", "precision_unseen", "recall_seen", "recall_unseen",
                  "area_ratio_seen", "area_ratio_unseen", "worst_absent_rate_seen", "worst_absent_rate_unseen",
-                 "caption_recall", "word_rate", "frame_largest")
+                 "caption_recall", "word_rate", "worst_word_rate", "frame_largest", "presence_auc")
 SUMMARY_METRICS = ("miou", "miou_seen", "miou_unseen", "aacc", "act_on", "act_off", "mask_miou", "mask_miou_seen",
                    "mask_miou_unseen", *(f"robot_{name}" for name in ROBOT_METRICS), "robot_dev")
 
