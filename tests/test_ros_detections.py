@@ -265,8 +265,11 @@ def depth_node(ros_context, tmp_path_factory):
         close(proc, probe, log)
 
 
-def send_rgbd(probe: Probe, encoding: str, depth_fields: dict | None = None, topic: str = "/synseg/detections_3d"):
-    """Publish the scene's colour, depth and camera info with one stamp until ``topic`` answers that stamp."""
+def send_rgbd(probe: Probe, encoding: str, depth_fields: dict | None = None, topic: str = "/synseg/detections_3d",
+              labels: list[str] | None = None):
+    """Publish the scene's colour, depth and camera info with one stamp until ``topic`` answers that stamp (with
+    ``labels``: with detections of those labels only, since a vocabulary set just before applies from a later
+    frame, not necessarily the next)."""
     sent = {}
 
     def make():
@@ -281,8 +284,11 @@ def send_rgbd(probe: Probe, encoding: str, depth_fields: dict | None = None, top
         return image_msg(scene.colour(), "rgb8", stamp, frame_id="color_optical")
 
     # Three messages of 1.5 MB in all per try: a loaded machine can take a few tries to deliver them together.
-    return probe.publish_until(make, lambda: with_stamp(probe, topic, sent["stamp"]), period=0.3,
-                               timeout=3 * TIMEOUT_S, what=f"{topic} of an RGB-D frame")[0]
+    def answered():
+        return [m for m in with_stamp(probe, topic, sent["stamp"])
+                if labels is None or {d.results[0].hypothesis.class_id for d in m.detections} <= set(labels)]
+
+    return probe.publish_until(make, answered, period=0.3, timeout=3 * TIMEOUT_S, what=f"{topic} of an RGB-D frame")[0]
 
 
 @needs_vision_msgs
@@ -290,7 +296,7 @@ def send_rgbd(probe: Probe, encoding: str, depth_fields: dict | None = None, top
 def test_3d_detections_of_the_synthetic_scene(depth_node, encoding):
     proc, probe, log = depth_node
     assert probe.set_parameter("vocabulary", scene.LABELS).successful
-    found = send_rgbd(probe, encoding)
+    found = send_rgbd(probe, encoding, labels=scene.LABELS)
     assert found.header.frame_id == "depth_optical"
     by_label = {d.results[0].hypothesis.class_id: d for d in found.detections}
     assert sorted(by_label) == ["box", "wall"]
@@ -317,7 +323,7 @@ def test_invalid_depth_is_skipped_and_a_depth_of_another_size_is_a_warning(depth
     z = scene.depth_metres()
     z[::3] = np.nan                                     # every third row has no measurement
     z[1::3, ::2] = 9.0                                  # beyond max_depth
-    found = send_rgbd(probe, "32FC1", scene.depth_fields("32FC1", z))
+    found = send_rgbd(probe, "32FC1", scene.depth_fields("32FC1", z), labels=scene.LABELS)
     by_label = {d.results[0].hypothesis.class_id: d.bbox for d in found.detections}
     for name, truth in scene.truth().items():
         np.testing.assert_allclose(by_label[name].center.position.z, truth.center[2], atol=0.01)
