@@ -102,5 +102,6 @@ class ImageInput:
         self._node.get_logger().warning(
             f"A publisher on {self.topic} offers QoS incompatible with this subscription "
             f"(policy {policy}); no images will arrive from it. {' '.join(text for _, text in offenders)} "
-            f"Fix: set image_reliability to match the publisher (best_effort receives from both), or change "
-            f"the publisher's QoS.")
+            f"Fix: set image_reliability to match the publisher (best_effort receives from both; it changes only "
+            f"while the node is unconfigured: deactivate, clean up, set it, configure), or change the "
+            f"publisher's QoS.")

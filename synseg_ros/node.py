@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         done.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, stop_handler(done))
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         try:
@@ -348,6 +348,21 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         # cannot turn the exit code into -2.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def stop_handler(done: threading.Event) -> Callable[..., None]:
+    """A signal handler that sets ``done`` once. Python runs a handler between two bytecodes of the main thread,
+    so a second signal can arrive while the first handler is inside ``Event.set``, holding the event's lock:
+    calling ``set`` again there would wait for that lock forever (or recurse). Later signals return at once."""
+    fired = []
+
+    def handler(*_: object) -> None:
+        if fired:
+            return
+        fired.append(True)
+        done.set()
+
+    return handler
 
 
 def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:

@@ -6,6 +6,7 @@ instead of queueing them, and the executor's threads stay free for parameter and
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -29,6 +30,24 @@ except ImportError:
 
 WARN_THROTTLE_S = 5.0
 POLL_S = 0.2
+
+
+class ReasonThrottle:
+    """Whether a warning may be logged now, once per ``period`` for each kind of reason. rclpy's own throttle
+    counts per line of code, so one frequent reason would hide every other reason logged from the same line.
+    A reason's kind is its text without its numbers ("image is 10x10" and "image is 12x12" are one kind)."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._last: dict[str, float] = {}
+
+    def allows(self, reason: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        kind = re.sub(r"\d+", "#", reason)
+        if now - self._last.get(kind, float("-inf")) < self.period:
+            return False
+        self._last[kind] = now
+        return True
 
 
 class FrameWorker:
@@ -57,6 +76,7 @@ class FrameWorker:
         self._bridge = CvBridge() if CvBridge is not None else None
         self._thread = threading.Thread(target=self._run, name="synseg-worker", daemon=True)
         self.topic = ""                 # the image topic, for warnings; set by the node once subscribed
+        self._rejections = ReasonThrottle(WARN_THROTTLE_S)
 
     @property
     def conversion(self) -> str:
@@ -120,7 +140,8 @@ class FrameWorker:
             rgb = self._decode(msg, settings["max_image_pixels"])
         except conversions.ImageFormatError as exc:
             self._stats.count("rejected")
-            self._logger.warning(f"Rejected an image on {self.topic}: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            if self._rejections.allows(str(exc)):
+                self._logger.warning(f"Rejected an image on {self.topic}: {exc}")
             return
         t1 = time.monotonic()
         result = self._segmenter.segment(rgb)

@@ -45,6 +45,7 @@ def fake_node(ros_context, tmp_path_factory):
                                   "-p", "vocabulary:=[red, green, blue]", "-p", "diagnostics_period:=0.2"], log)
     probe = Probe("probe_fake", IMAGE_TOPIC, {"/synseg/masks": SegmentationMasks, "/synseg/label_image": Image,
                                               "/synseg/overlay": Image, "/diagnostics": DiagnosticArray})
+    probe.log = log
     try:
         probe.wait_for_node()
         yield proc, probe
@@ -192,6 +193,10 @@ def bad_images(probe: Probe) -> dict[str, Image]:
             "too large": huge}
 
 
+def _first_line_with(log, text: str) -> str:
+    return next((line for line in log.read_text().splitlines() if text in line), "")
+
+
 def rejected_count(probe: Probe) -> int:
     return int(latest_diagnostics(probe.messages("/diagnostics")).get("rejected", -1))
 
@@ -206,6 +211,12 @@ def test_malformed_images_never_stop_the_node(fake_node):
             before = rejected_count(probe)
             probe.publish_until(lambda: bad, lambda: rejected_count(probe) > before, what=f"rejection of {name}")
             assert proc.poll() is None, f"the node died on {name}"
+        # Each kind of reason is logged (throttled per kind): with one throttle for all, within 5 s one was.
+        kinds = ("shorter than one row", "expected step * height", "empty image", "unsupported encoding",
+                 "needs an even width", "exceeds the limit")
+        wait_until(lambda: all(f"Rejected an image on {IMAGE_TOPIC}: " in line and kind in line
+                               for kind in kinds for line in [_first_line_with(probe.log, kind)]),
+                   what="a warning for each kind of malformed image")
     finally:
         assert probe.set_parameter("max_image_pixels", 3840 * 2160).successful
     sent = {}
@@ -318,7 +329,41 @@ def test_incompatible_image_publisher_is_named_once_the_graph_knows_it(ros_conte
         print(log.read_text())
     assert "offers QoS incompatible" in text and "RELIABILITY" in text
     assert "/strict/best_effort_camera" in text and "_NODE_NAME_UNKNOWN_" not in text
-    assert "image_reliability" in text              # the warning says how to fix it
+    assert "image_reliability" in text              # the warning says how to fix it...
+    assert "only while the node is unconfigured" in text   # ...and that the parameter needs a reconfigure
+
+
+def test_rejection_warnings_are_throttled_per_kind_of_reason():
+    from synseg_ros.worker import ReasonThrottle
+
+    throttle = ReasonThrottle(5.0)
+    assert throttle.allows("image is 10x10", now=100.0) and throttle.allows("bad encoding 'x'", now=100.5)
+    assert not throttle.allows("image is 12x12", now=101.0)                 # the same kind, other numbers
+    assert throttle.allows("image is 12x12", now=105.0)
+
+
+def test_a_signal_inside_the_stop_handler_returns_at_once(monkeypatch):
+    """A second SIGINT that arrives while the first one's handler is inside Event.set, holding the event's lock,
+    returns at once. The handler that called done.set() again there recursed (RecursionError, exit 1): the
+    stream-of-interrupts test below failed that way about once in a full run under load."""
+    import threading
+
+    from synseg_ros.node import stop_handler
+
+    done = threading.Event()
+    handler, calls, original_set = stop_handler(done), [], done.set
+
+    def set_with_a_signal_inside() -> None:
+        calls.append(1)
+        if len(calls) > 3:
+            raise RecursionError("the handler re-entered Event.set")
+        handler(signal.SIGINT, None)        # the next signal's handler runs where Event.set holds its lock
+        original_set()
+
+    monkeypatch.setattr(done, "set", set_with_a_signal_inside)
+    handler(signal.SIGINT, None)
+    handler(signal.SIGTERM, None)
+    assert done.is_set() and len(calls) == 1
 
 
 def test_a_stream_of_interrupts_ends_the_node_with_0(ros_context, tmp_path):
