@@ -80,8 +80,9 @@ class SynSegNode(LifecycleNode):
         self._stats = FrameStats(window=STATS_WINDOW_S)
         self._diagnostics: DiagnosticsPublisher | None = None
 
-        self._params = params.NodeParameters(self, self.state, self._encode_vocabulary, self._apply_parameters)
         try:
+            self._params = params.NodeParameters(self, self.state, self._encode_vocabulary,
+                                                 self._apply_parameters)
             self._params.check_start_up()
         except ValueError as exc:
             self.get_logger().fatal(f"Invalid start-up parameters: {exc}")
@@ -307,7 +308,11 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         segmenter_factory: see ``SynSegNode``.
     """
     args = ["synseg_node", *(sys.argv[1:] if argv is None else argv)]
-    get_args_parser().parse_args(remove_ros_args(args)[1:])
+    try:
+        get_args_parser().parse_args(remove_ros_args(args)[1:])
+    except RuntimeError as exc:       # rclpy's RCLError: a --params-file that cannot be read, bad --ros-args
+        print(f"[FATAL] [synseg]: {str(exc).split(', at ')[0]}", file=sys.stderr)
+        return 1
     keep_freed_memory()
     # rclpy's own handlers would shut the context down the moment a signal arrives, under a worker that is
     # still publishing; here a signal only asks the main thread to stop the node in order, and a second one

@@ -13,7 +13,9 @@ serve the bag tool (synseg_ros.segment_bag), which runs without ROS.
 from __future__ import annotations
 
 import array
+import difflib
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -151,9 +153,32 @@ STRING_ARRAYS = ("vocabulary", "prompt_templates")
 
 
 def declare_parameters(node: Any) -> None:
-    """Declare every parameter of the table on ``node`` (an rclpy Node), with its descriptor."""
+    """Declare every parameter of the table on ``node`` (an rclpy Node), with its descriptor, and warn about
+    given names the table does not have (with the closest one it has).
+
+    Raises:
+        ValueError: naming every start-up value outside its descriptor's range (rclpy refuses them while
+            declaring), with the range.
+    """
+    from rclpy.exceptions import InvalidParameterValueException
+
+    errors = []
     for spec in PARAMETERS:
-        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        try:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        except InvalidParameterValueException as exc:
+            low, high = spec.int_range or spec.float_range or ("?", "?")
+            given = re.search(r"value: ([^:]+)", exc.args[0])
+            errors.append(f"{spec.name} must be between {low} and {high}"
+                          + (f", got {given.group(1).strip()}" if given else ""))
+    # rclpy keeps the values given for names nobody declares in this attribute, and says nothing about them.
+    for name in sorted(getattr(node, "_parameter_overrides", {})):
+        if not node.has_parameter(name) and name not in SPECS:
+            close = difflib.get_close_matches(name, list(SPECS), n=1)
+            node.get_logger().warning(f"Unknown parameter '{name}' ignored" +
+                                      (f": did you mean '{close[0]}'?" if close else ""))
+    if errors:
+        raise ValueError("; ".join(errors))
 
 
 def parse_label_list(text: str) -> list[str]:

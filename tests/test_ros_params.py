@@ -149,6 +149,8 @@ def test_start_up_values_are_coerced_as_run_time_sets_are(ros_context):
     (Parameter("threshold", value="abc"), "threshold expects a floating-point number"),
     (Parameter("checkpoint", value="/nope/model.safetensors"), "checkpoint /nope/model.safetensors: no such file"),
     (Parameter("autostart", value="yes please"), "autostart expects a boolean"),
+    (Parameter("max_categories", value=0), "max_categories must be between 1 and 255, got 0"),
+    (Parameter("overlay_alpha", value=3.0), "overlay_alpha must be between 0.0 and 1.0, got 3.0"),
 ])
 def test_invalid_start_up_parameters_are_fatal_before_any_model_loads(ros_context, capfd, override, reason):
     loads = []
@@ -158,6 +160,32 @@ def test_invalid_start_up_parameters_are_fatal_before_any_model_loads(ros_contex
     assert "Invalid start-up parameters" in err and reason in err
     assert "ros2 param set" not in err                   # it was not a `ros2 param set`
     assert not loads
+
+
+@pytest.mark.ros
+def test_every_start_up_value_out_of_range_is_named_in_one_fatal_line(ros_context, capfd):
+    with pytest.raises(ValueError):
+        make_node([Parameter("max_categories", value=0), Parameter("diagnostics_period", value=100.0)])
+    fatal = [line for line in capfd.readouterr().err.splitlines() if "FATAL" in line]
+    assert len(fatal) == 1 and "max_categories must be between 1 and 255" in fatal[0]
+    assert "diagnostics_period must be between 0.1 and 60.0, got 100.0" in fatal[0]
+
+
+@pytest.mark.ros
+def test_a_parameter_name_the_node_does_not_have_is_warned_about(ros_context, capfd):
+    node = make_node([Parameter("treshold", value=0.3)])
+    node.destroy_node()
+    assert "Unknown parameter 'treshold' ignored: did you mean 'threshold'?" in capfd.readouterr().err
+
+
+@pytest.mark.ros
+def test_a_missing_parameter_file_is_one_fatal_line(capfd, tmp_path):
+    from synseg_ros.node import main
+
+    assert main(["--ros-args", "--params-file", str(tmp_path / "nowhere.yaml")]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "[FATAL]" in err and str(tmp_path / "nowhere.yaml") in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.ros
