@@ -6,6 +6,8 @@ image_transport and use_depth override the parameter file only when they are giv
 autostart:=true (the default, as nav2's lifecycle manager does) configures and activates the managed node at
 start-up; autostart:=false leaves it unconfigured for `ros2 lifecycle set`.
 """
+from pathlib import Path
+
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.launch_context import LaunchContext
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -19,7 +21,15 @@ OVERRIDES = ("checkpoint", "device", "image_transport", "use_depth")
 
 
 def node_with_parameters(context: LaunchContext) -> list[Node]:
-    """The node, with the parameter file and then the launch arguments that were given."""
+    """The node, with the parameter file and then the launch arguments that were given.
+
+    Raises:
+        RuntimeError: the parameter file does not exist (launch_ros would only warn and start the node on its
+            defaults: a robot running the wrong vocabulary); launch ends with it, naming the path.
+    """
+    params_file = LaunchConfiguration("params_file").perform(context)
+    if not Path(params_file).is_file():
+        raise RuntimeError(f"params_file {params_file}: no such file")
     given: dict[str, object] = {name: value for name in OVERRIDES
                                 if (value := LaunchConfiguration(name).perform(context))}
     if "use_depth" in given:
@@ -29,7 +39,7 @@ def node_with_parameters(context: LaunchContext) -> list[Node]:
         executable="synseg_node",
         name="synseg",
         namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), {**given, "autostart": LaunchConfiguration("autostart")}],
+        parameters=[params_file, {**given, "autostart": LaunchConfiguration("autostart")}],
         remappings=[("image", LaunchConfiguration("image_topic")), ("depth", LaunchConfiguration("depth_topic")),
                     ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",

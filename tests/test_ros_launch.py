@@ -161,6 +161,17 @@ def test_a_missing_checkpoint_is_fatal_and_the_node_exits_1(tmp_path):
 
 
 @pytest.mark.ros
+@needs_ros2
+def test_a_params_file_that_does_not_exist_ends_the_launch_naming_it(tmp_path):
+    """launch_ros only warns about a missing parameter file and the node would run on its defaults."""
+    out = run_ros2("launch", "synseg_ros", "segment.launch.py", f"params_file:={tmp_path / 'robot.yaml'}",
+                   "autostart:=false", timeout=30.0)
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert f"params_file {tmp_path / 'robot.yaml'}: no such file" in out.stdout + out.stderr
+    assert "Unconfigured" not in out.stdout + out.stderr           # no node started
+
+
+@pytest.mark.ros
 @pytest.mark.slow
 @needs_ros2
 def test_ros2_lifecycle_drives_the_node(tmp_path):
