@@ -163,16 +163,21 @@ def declare_parameters(node: Any) -> None:
     from rclpy.exceptions import InvalidParameterValueException
 
     errors = []
+    # rclpy keeps the values given at start-up (-p, parameter files) in this attribute until they are declared.
+    overrides = getattr(node, "_parameter_overrides", {})
     for spec in PARAMETERS:
+        # `vocabulary: null`, as `ros2 param dump` writes an unset list, leaves it unset (rcl passes "null" on).
+        given = overrides.get(spec.name)
+        unset = given is not None and coerce_value(spec.name, given.value) is None
         try:
-            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            node.declare_parameter(spec.name, spec.default, spec.descriptor(), ignore_override=unset)
         except InvalidParameterValueException as exc:
             low, high = spec.int_range or spec.float_range or ("?", "?")
             given = re.search(r"value: ([^:]+)", exc.args[0])
             errors.append(f"{spec.name} must be between {low} and {high}"
                           + (f", got {given.group(1).strip()}" if given else ""))
-    # rclpy keeps the values given for names nobody declares in this attribute, and says nothing about them.
-    for name in sorted(getattr(node, "_parameter_overrides", {})):
+    # Values given for names nobody declares stay there too, and rclpy says nothing about them.
+    for name in sorted(overrides):
         if not node.has_parameter(name) and name not in SPECS:
             close = difflib.get_close_matches(name, list(SPECS), n=1)
             node.get_logger().warning(f"Unknown parameter '{name}' ignored" +
@@ -189,9 +194,14 @@ def parse_label_list(text: str) -> list[str]:
     return [item.strip().strip("'\"").strip() for item in body.split(",")] if body.strip() else []
 
 
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
 def coerce_value(name: str, value: Any) -> Any:
     """Repair the types YAML infers (``ros2 param set``, ``-p``, parameter files) before anything checks them.
 
+    - YAML's null for a string array (``vocabulary: null``, as ``ros2 param dump`` writes an unset one; rcl's
+      parser passes it on as the string "null"): unset;
     - a string for a string array: parsed as a list (``"person"``, ``"[person, 3]"``);
     - an empty list of any type for a string array: an empty list (rejected later, with a reason);
     - string-array entries: surrounding whitespace removed;
@@ -202,6 +212,8 @@ def coerce_value(name: str, value: Any) -> Any:
     if spec is None:
         return value
     if name in STRING_ARRAYS:
+        if isinstance(value, str) and value.strip() in YAML_NULLS:
+            return None
         if isinstance(value, str):
             return parse_label_list(value)
         if isinstance(value, (list, tuple, array.array)) and len(value) == 0:
@@ -220,7 +232,8 @@ def coerce(param: Parameter) -> Parameter:
     value = coerce_value(param.name, param.value)
     if value is param.value:
         return param
-    kind = Parameter.Type.STRING_ARRAY if isinstance(value, list) else Parameter.Type.DOUBLE
+    kind = (Parameter.Type.NOT_SET if value is None else
+            Parameter.Type.STRING_ARRAY if isinstance(value, list) else Parameter.Type.DOUBLE)
     return Parameter(param.name, kind, value)
 
 

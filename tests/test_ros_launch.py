@@ -161,6 +161,29 @@ def test_a_missing_checkpoint_is_fatal_and_the_node_exits_1(tmp_path):
 
 
 @pytest.mark.ros
+@pytest.mark.slow
+@needs_ros2
+def test_a_parameter_dump_starts_an_identical_node(tmp_path):
+    """`ros2 param dump` writes an unset vocabulary or prompt_templates as null: a file made from a dump loads."""
+    dumped = {}
+    for run, params_file in (("first", None), ("second", tmp_path / "dump.yaml")):
+        log = tmp_path / f"{run}.log"
+        launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "namespace:=/dumped", "autostart:=false",
+                             *([f"params_file:={params_file}"] if params_file else [])], log)
+        try:
+            wait_for_node("/dumped/synseg", launch, 30.0)
+            if params_file is None:
+                assert "Set parameter successful" in param_set("/dumped/synseg", "threshold", "0.4")
+                out = run_ros2("param", "dump", "/dumped/synseg")
+                assert "prompt_templates" in out.stdout, out.stdout + out.stderr
+                (tmp_path / "dump.yaml").write_text(out.stdout)
+            dumped[run] = parameters("/dumped/synseg")
+        finally:
+            stop_launch(launch, log)
+    assert dumped["second"] == dumped["first"] and dumped["first"]["threshold"] == 0.4
+
+
+@pytest.mark.ros
 @needs_ros2
 def test_a_params_file_that_does_not_exist_ends_the_launch_naming_it(tmp_path):
     """launch_ros only warns about a missing parameter file and the node would run on its defaults."""
