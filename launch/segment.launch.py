@@ -4,11 +4,14 @@ Arguments: image_topic, params_file (default: this package's config/synseg.yaml)
 image_transport, use_depth, depth_topic, camera_info_topic, namespace and autostart. checkpoint, device,
 image_transport and use_depth override the parameter file only when they are given (empty: the file's value).
 autostart:=true (the default, as nav2's lifecycle manager does) configures and activates the managed node at
-start-up; autostart:=false leaves it unconfigured for `ros2 lifecycle set`.
+start-up; autostart:=false leaves it unconfigured for `ros2 lifecycle set`. A missing params_file, or the node
+exiting with an error, ends the launch with an error.
 """
 from pathlib import Path
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events.process import ProcessExited
 from launch.launch_context import LaunchContext
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -20,7 +23,13 @@ from launch import LaunchDescription
 OVERRIDES = ("checkpoint", "device", "image_transport", "use_depth")
 
 
-def node_with_parameters(context: LaunchContext) -> list[Node]:
+def fail_with_the_node(event: ProcessExited, context: LaunchContext) -> None:
+    """A node that exits with an error ends the launch with one (a supervisor sees the failure)."""
+    if event.returncode != 0:
+        raise RuntimeError(f"{event.action.name} exited with code {event.returncode}")
+
+
+def node_with_parameters(context: LaunchContext) -> list:
     """The node, with the parameter file and then the launch arguments that were given.
 
     Raises:
@@ -34,7 +43,7 @@ def node_with_parameters(context: LaunchContext) -> list[Node]:
                                 if (value := LaunchConfiguration(name).perform(context))}
     if "use_depth" in given:
         given["use_depth"] = given["use_depth"] == "true"
-    return [Node(
+    node = Node(
         package="synseg_ros",
         executable="synseg_node",
         name="synseg",
@@ -44,7 +53,8 @@ def node_with_parameters(context: LaunchContext) -> list[Node]:
                     ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",
         emulate_tty=True,
-    )]
+    )
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=fail_with_the_node))]
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -152,11 +152,13 @@ def test_a_missing_checkpoint_is_fatal_and_the_node_exits_1(tmp_path):
     try:
         wait_until(lambda: re.search(r"process has died .*exit code 1", log.read_text()), 60.0,
                    "the node to exit with code 1")
+        launch.wait(timeout=30.0)           # the launch ends with it, and with an error (a supervisor sees it)
     finally:
         stop_node(launch)
         print(log.read_text())
     text = log.read_text()
     assert "[FATAL]" in text and "checkpoint /nowhere/model.safetensors: no such file" in text
+    assert launch.returncode not in (0, None) and "exited with code 1" in text
     assert "Traceback" not in text
 
 
