@@ -35,12 +35,20 @@ class NodeReport:
     presence_threshold: float = 0.0
 
 
+# The share of input frames the middleware may lose over the window before the status is a warning.
+LOST_WARN_SHARE = 0.10
+
+
 def node_status(name: str, report: NodeReport) -> DiagnosticStatus:
     """The DiagnosticStatus of ``report``, named ``name``."""
     figures = report.figures
     if report.state != "active" or not report.image_topic:
         level = DiagnosticStatus.ERROR if report.last_error else DiagnosticStatus.OK
         summary = f"{report.state}: not segmenting" + (f"; {report.last_error}" if report.last_error else "")
+    elif figures.get("input_lost_share", 0.0) > LOST_WARN_SHARE:
+        level = DiagnosticStatus.WARN
+        summary = (f"{100 * figures['input_lost_share']:.0f}% of the frames on {report.image_topic} lost in the "
+                   f"middleware in the last {report.window_s:.0f} s (the node's log says why)")
     elif figures["input_rate_hz"] == 0.0:
         level = DiagnosticStatus.WARN
         summary = (f"no images on {report.image_topic} in the last {report.window_s:.0f} s "

@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
+from rclpy.event_handler import QoSMessageLostInfo, QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import (
     DurabilityPolicy,
@@ -25,6 +25,14 @@ from rclpy.qos import (
 )
 
 from synseg_ros.frame_input import Frame, FrameSubscriptions
+
+# Why frames get lost between a camera and the node, and what helps: said once per subscription.
+LOST_HINT = ("{count} frames on {topic} were lost before they reached the node (the middleware saw gaps in the "
+             "publisher's sequence numbers). With Fast DDS, frames over 512 KB (640x480 rgb8 is 900 KB) need a "
+             "larger shared-memory segment on the camera's side: start the camera with "
+             "FASTDDS_DEFAULT_PROFILES_FILE set to a profile like this package's config/fastdds_loopback.xml, or "
+             "use image_transport:=compressed, or another middleware. /diagnostics counts them "
+             "(input_frames_lost).")
 
 # The graph learns a publisher's node name some time after its endpoint: how long an incompatible-QoS
 # warning waits for the name, and how often it looks.
@@ -47,13 +55,17 @@ class ImageInput:
     Its own callback group, so that encoding a new vocabulary (a parameter callback) never delays intake.
     """
 
-    def __init__(self, node: LifecycleNode, settings: Mapping[str, Any], callback: Callable[[Frame], None]) -> None:
+    def __init__(self, node: LifecycleNode, settings: Mapping[str, Any], callback: Callable[[Frame], None],
+                 on_lost: Callable[[int], None]) -> None:
         self._node = node
+        self._on_lost = on_lost
+        self._warned_lost = False
         self._poll_timer = None
         self.qos = image_qos(settings)
         self._frames = FrameSubscriptions(
             node, settings, self.qos, callback, MutuallyExclusiveCallbackGroup(),
-            SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+            SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos,
+                                       message_lost=self._on_message_lost))
         self.subscription = self._frames.subscription
 
     @property
@@ -74,6 +86,12 @@ class ImageInput:
         """Unsubscribe (no frame reaches ``callback`` after this returns)."""
         self._cancel_poll()
         self._frames.destroy()
+
+    def _on_message_lost(self, info: QoSMessageLostInfo) -> None:
+        self._on_lost(info.total_count_change)
+        if not self._warned_lost:
+            self._warned_lost = True
+            self._node.get_logger().warning(LOST_HINT.format(count=info.total_count_change, topic=self.topic))
 
     def _cancel_poll(self) -> None:
         if self._poll_timer is not None:

@@ -165,7 +165,7 @@ class SynSegNode(LifecycleNode):
         self._worker = FrameWorker(self, self._segmenter, self._outputs, self._stats, lambda: self._settings,
                                    self._no_vocabulary())
         try:
-            self._input = ImageInput(self, self._settings, self._worker.put)
+            self._input = ImageInput(self, self._settings, self._worker.put, self._stats.add_lost)
         except Exception as exc:  # rclpy would swallow it and fail the transition without a word
             self._worker = None
             return self._fail(f"Failed to subscribe: {type(exc).__name__}: {exc}")

@@ -41,10 +41,12 @@ class FrameStats:
         self._lock = threading.Lock()
         self._received = RateMeter(window)
         self._processed = RateMeter(window)
+        self._lost = RateMeter(window)
         self._latency: deque[float] = deque(maxlen=history)
         self._stages: dict[str, deque[float]] = {}
         self._history = history
-        self.counts = {"received": 0, "processed": 0, "dropped": 0, "rejected": 0, "failed": 0}
+        self.counts = {"received": 0, "processed": 0, "dropped": 0, "rejected": 0, "failed": 0,
+                       "input_frames_lost": 0}
 
     def count(self, name: str, now: float | None = None) -> None:
         """Add one to counter ``name``; received and processed frames also feed their rate meters."""
@@ -55,6 +57,14 @@ class FrameStats:
                 self._received.tick(now)
             elif name == "processed":
                 self._processed.tick(now)
+
+    def add_lost(self, count: int, now: float | None = None) -> None:
+        """``count`` input frames the middleware lost before they reached the subscription."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.counts["input_frames_lost"] += count
+            for _ in range(count):
+                self._lost.tick(now)
 
     def add_latency(self, seconds: float) -> None:
         """One frame's latency from its image stamp to its masks being published."""
@@ -72,8 +82,9 @@ class FrameStats:
         with self._lock:
             latency = np.array(self._latency, dtype=np.float64) * 1e3
             stages = {name: float(np.median(times)) * 1e3 for name, times in self._stages.items() if times}
-            out: dict[str, Any] = {"input_rate_hz": self._received.rate(now),
-                                   "processed_rate_hz": self._processed.rate(now), **self.counts}
+            received, lost = self._received.rate(now), self._lost.rate(now)
+            out: dict[str, Any] = {"input_rate_hz": received, "processed_rate_hz": self._processed.rate(now),
+                                   "input_lost_share": lost / (lost + received) if lost else 0.0, **self.counts}
         out["latency_p50_ms"] = float(np.percentile(latency, 50)) if latency.size else float("nan")
         out["latency_p95_ms"] = float(np.percentile(latency, 95)) if latency.size else float("nan")
         out.update({f"{name}_p50_ms": value for name, value in stages.items()})

@@ -145,6 +145,21 @@ def test_frame_stats_rates_and_percentiles():
     assert np.isnan(FrameStats().snapshot()["latency_p95_ms"])
 
 
+def test_lost_frames_are_counted_and_their_share_over_the_window_warns():
+    from synseg_ros.diagnostics import NodeReport, node_status
+
+    stats = FrameStats(window=5.0)
+    for t in range(8):
+        stats.count("received", now=float(t) / 2)
+    stats.add_lost(2, now=3.0)
+    figures = stats.snapshot(now=4.0)
+    assert figures["input_frames_lost"] == 2 and figures["input_lost_share"] == pytest.approx(0.2)
+    status = node_status("/synseg: segmentation", NodeReport(state="active", window_s=5.0, figures=figures,
+                                                             image_topic="/camera/image_raw"))
+    assert status.level == status.WARN and "20% of the frames on /camera/image_raw lost" in status.message
+    assert {kv.key: kv.value for kv in status.values}["input_frames_lost"] == "2"
+
+
 def test_mask_buffers_threshold_in_place_into_reused_arrays():
     probabilities = np.random.default_rng(2).random((3, 5, 7), dtype=np.float32)
     buffers = conversions.MaskBuffers()

@@ -333,6 +333,44 @@ def test_incompatible_image_publisher_is_named_once_the_graph_knows_it(ros_conte
     assert "only while the node is unconfigured" in text   # ...and that the parameter needs a reconfigure
 
 
+def test_frames_the_middleware_loses_are_counted_warned_about_and_explained(ros_context, tmp_path):
+    """A 640x480 rgb8 camera (900 KB frames) started without a large shared-memory segment (stock Fast DDS):
+    most frames never reach the node. The node counts them (rclpy's message-lost event), /diagnostics warns, and
+    the log says once why and what helps."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from synseg_ros import processes
+    from tests.ros_processes import FASTDDS_PROFILE_VARIABLE, REPO_ROOT, child_env
+
+    cv2.imwrite(str(tmp_path / "frame.png"), np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8))
+    log = tmp_path / "node.log"
+    node = start_node(FAKE_NODE, ["--ros-args", "-r", "__ns:=/lossy", "-r", "image:=/lossy/image_raw",
+                                  "-p", "autostart:=true", "-p", "vocabulary:=[red]",
+                                  "-p", "diagnostics_period:=0.2"], log)
+    env = {k: v for k, v in child_env().items() if k != FASTDDS_PROFILE_VARIABLE}
+    camera = processes.start_module("synseg_ros.image_folder_publisher",
+                                    ["--ros-args", "-r", "__ns:=/lossy", "-p", f"folder:={tmp_path}",
+                                     "-p", "rate_hz:=5.0"], tmp_path / "camera.log", env=env, cwd=REPO_ROOT)
+    probe = Probe("probe_lossy", "/lossy/image_raw", {"/diagnostics": DiagnosticArray}, target="/lossy/synseg")
+    try:
+        probe.wait_for_node()
+        figures = wait_until(lambda: (f := latest_diagnostics(probe.messages("/diagnostics"), node="/lossy/synseg"))
+                             and int(f.get("input_frames_lost", 0)) >= 5 and f, 6 * TIMEOUT_S,
+                             "lost frames in /diagnostics")
+        statuses = [status for m in probe.messages("/diagnostics") for status in m.status
+                    if "lost in the middleware" in status.message]
+        assert statuses and statuses[-1].level == DiagnosticStatus.WARN
+    finally:
+        probe.close()
+        stop_node(camera)
+        stop_node(node)
+        print(log.read_text(), (tmp_path / "camera.log").read_text())
+    text = log.read_text()
+    assert text.count("were lost before they reached the node") == 1, text
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" in text and "image_transport:=compressed" in text
+    assert int(figures["input_frames_lost"]) >= 5
+
+
 def test_rejection_warnings_are_throttled_per_kind_of_reason():
     from synseg_ros.worker import ReasonThrottle
 
