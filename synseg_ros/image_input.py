@@ -30,7 +30,8 @@ from synseg_ros.frame_input import Frame, FrameSubscriptions
 LOST_HINT = ("{count} frames on {topic} were lost before they reached the node (the middleware saw gaps in the "
              "publisher's sequence numbers). With Fast DDS, frames over 512 KB (640x480 rgb8 is 900 KB) need a "
              "larger shared-memory segment on the camera's side: start the camera with "
-             "FASTDDS_DEFAULT_PROFILES_FILE set to a profile like this package's config/fastdds_loopback.xml, or "
+             "FASTDDS_DEFAULT_PROFILES_FILE (FASTRTPS_DEFAULT_PROFILES_FILE for Jazzy's Fast DDS 2) set to a "
+             "profile like this package's config/fastdds_loopback.xml, or "
              "use image_transport:=compressed, or another middleware. /diagnostics counts them "
              "(input_frames_lost).")
 
