@@ -1,14 +1,16 @@
 """Reading and checking tensor files: the one error type for weights, used by every loader.
 
-A leaf module (torch and safetensors only), so that CLIP, the model and the checkpoint formats can all use it
-without importing one another. Nothing here unpickles arbitrary objects.
+A leaf module (torch and safetensors only, imported where a file is read), so that CLIP, the model and the
+checkpoint formats can all use it without importing one another, and a name can be refused without torch.
+Nothing here unpickles arbitrary objects.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointError(ValueError):
@@ -21,6 +23,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts plain state dicts and training checkpoints holding one under ``state_dict`` (DDP ``module.``
     prefixes removed).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")

@@ -280,11 +280,16 @@ def check_type(spec: ParamSpec, value: Any) -> None:
 
 
 def check_checkpoint(value: str) -> None:
-    """A checkpoint given as a file path must exist (checked before torch loads, so the error comes at once);
-    model names, hf-hub:ORG/REPO included, are resolved at configure."""
-    if (value and not value.startswith("hf-hub:") and (value.endswith(".safetensors") or os.sep in value)
-            and not os.path.isfile(value)):
+    """A checkpoint given as a file path must exist, and one given as a name must be registered (both checked
+    without torch, so the error comes at once); hf-hub:ORG/REPO names are resolved at configure."""
+    from synseg_model.pretrained import HF_PREFIX, REGISTRY
+
+    if not value or value.startswith(HF_PREFIX) or value in REGISTRY or os.path.isfile(value):
+        return
+    if os.sep in value or os.path.splitext(value)[1]:        # meant as a file
         raise ValueError(f"checkpoint {value}: no such file")
+    raise ValueError(f"checkpoint {value!r} is no model name ({', '.join(REGISTRY)}), no hf-hub:ORG/REPO and no "
+                     f"file")
 
 
 def validate(name: str, value: Any, settings: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from synseg_model import (
     pretrained,
     resolve_checkpoint,
     save_checkpoint,
+    weights,
 )
 from synseg_model.weights import HF_CONVERTER_VERSION
 
@@ -70,7 +71,7 @@ def test_second_load_uses_the_converted_cache(offline, tmp_path, monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(pretrained, "hf_clipseg_checkpoint", no_conversion)
+    monkeypatch.setattr(weights, "hf_clipseg_checkpoint", no_conversion)   # where the conversion comes from
     model = SynSeg.from_checkpoint("clipseg-rd64-refined")  # the registered name: same repository and commit
     assert resolve_checkpoint(HUB_NAME)[0] == first
     assert model.model_card["name"] == "clipseg-rd64-refined"  # the registered card, over the file's

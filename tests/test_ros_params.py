@@ -152,6 +152,7 @@ def test_start_up_values_are_coerced_as_run_time_sets_are(ros_context):
     (Parameter("image_reliability", value="sometimes"), "one of"),
     (Parameter("threshold", value="abc"), "threshold expects a floating-point number"),
     (Parameter("checkpoint", value="/nope/model.safetensors"), "checkpoint /nope/model.safetensors: no such file"),
+    (Parameter("checkpoint", value="clipseg-rd46"), "checkpoint 'clipseg-rd46' is no model name"),
     (Parameter("autostart", value="yes please"), "autostart expects a boolean"),
     (Parameter("max_categories", value=0), "max_categories must be between 1 and 255, got 0"),
     (Parameter("overlay_alpha", value=3.0), "overlay_alpha must be between 0.0 and 1.0, got 3.0"),
@@ -180,6 +181,15 @@ def test_a_parameter_name_the_node_does_not_have_is_warned_about(ros_context, ca
     node = make_node([Parameter("treshold", value=0.3)])
     node.destroy_node()
     assert "Unknown parameter 'treshold' ignored: did you mean 'threshold'?" in capfd.readouterr().err
+
+
+def test_checking_a_model_name_does_not_import_torch():
+    """An unknown name is refused at once: checking it costs no torch import (about 10-25 s here)."""
+    code = ("import sys; from synseg_ros import params; params.check_checkpoint('clipseg-rd64-refined'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                         env=child_env(), check=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 @pytest.mark.ros

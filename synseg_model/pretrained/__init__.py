@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..state_dicts import CheckpointError, read_state_dict
-from ..weights import FORMAT, HF_CONVERTER_VERSION, hf_clipseg_checkpoint, read_checkpoint, write_checkpoint
+
+# The checkpoint formats (synseg_model.weights, which imports torch) load where a file is read or written, so
+# that the names, and the node's check of a name, come without torch.
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ def get_model_card(name_or_path: str | Path | None = None) -> dict[str, Any]:
     if entry is not None and entry.repo is not None and not _usable(_converted_path(entry.repo, entry.revision),
                                                                     entry.name):
         return dict(entry.card)
+    from ..weights import read_checkpoint
+
     path, extra = resolve_checkpoint(name_or_path)
     return {**read_checkpoint(path, tensors=False)[1], **extra}
 
@@ -263,6 +267,8 @@ def _is_synseg_file(path: Path) -> bool:
     """Whether a safetensors file is in the project's format (its header says so); CheckpointError if unreadable."""
     from safetensors import safe_open
 
+    from ..weights import FORMAT
+
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("format") == FORMAT
@@ -278,6 +284,8 @@ def _read_hub_weights(path: Path) -> dict | None:
 
 
 def _converted_path(repo: str, commit: str) -> Path:
+    from ..weights import HF_CONVERTER_VERSION
+
     return converted_cache_dir() / repo.replace("/", "--") / commit / f"clipseg-v{HF_CONVERTER_VERSION}.safetensors"
 
 
@@ -315,6 +323,8 @@ def _from_hub(repo: str, revision: str | None, label: str, card: dict[str, Any])
                               "(no config.json)")
     log.info("%s: converting hf-hub:%s@%s from the CLIPSeg layout (once; cached as %s)", label, repo, commit,
              converted)
+    from ..weights import HF_CONVERTER_VERSION, hf_clipseg_checkpoint, write_checkpoint
+
     config, tensors = hf_clipseg_checkpoint(state, config_file)
     card = {"name": label, "summary": f"CLIPSeg weights from {HF_PREFIX}{repo}@{commit[:7]}, converted to SynSeg; "
                                       "not MCCL-trained", **card, **source, "converter_version": HF_CONVERTER_VERSION}
