@@ -123,11 +123,6 @@ class Segmenter:
         """The activation threshold of the masks (``mask_rule.threshold``)."""
         return self.mask_rule.threshold
 
-    @property
-    def presence_threshold(self) -> float:
-        """The presence score a category needs to get a mask (``mask_rule.presence_threshold``)."""
-        return self.mask_rule.presence_threshold
-
     def set_mask_rule(self, threshold: float | None = None, presence_threshold: float | None = None) -> None:
         """Change the thresholds of the next frames; None restores the model card's value."""
         self.mask_rule = MaskRule.from_card(self.model.model_card).with_overrides(threshold, presence_threshold)

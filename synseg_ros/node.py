@@ -256,8 +256,8 @@ class SynSegNode(LifecycleNode):
             backend=str(segmenter.backend_name) if segmenter is not None else "",
             device=str(segmenter.device) if segmenter is not None else "",
             vocabulary=settings["vocabulary"] or (),
-            threshold=segmenter.threshold if segmenter is not None else settings["threshold"],
-            presence_threshold=segmenter.presence_threshold if segmenter is not None
+            threshold=segmenter.mask_rule.threshold if segmenter is not None else settings["threshold"],
+            presence_threshold=segmenter.mask_rule.presence_threshold if segmenter is not None
             else settings["presence_threshold"])
 
     def destroy_node(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import array
 import difflib
 import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -171,11 +170,9 @@ def declare_parameters(node: Any) -> None:
         unset = given is not None and coerce_value(spec.name, given.value) is None
         try:
             node.declare_parameter(spec.name, spec.default, spec.descriptor(), ignore_override=unset)
-        except InvalidParameterValueException as exc:
-            low, high = spec.int_range or spec.float_range or ("?", "?")
-            given = re.search(r"value: ([^:]+)", exc.args[0])
-            errors.append(f"{spec.name} must be between {low} and {high}"
-                          + (f", got {given.group(1).strip()}" if given else ""))
+        except InvalidParameterValueException:     # only a start-up value outside the descriptor's range
+            low, high = spec.int_range or spec.float_range
+            errors.append(f"{spec.name} must be between {low} and {high}, got {given.value}")
     # Values given for names nobody declares stay there too, and rclpy says nothing about them.
     for name in sorted(overrides):
         if not node.has_parameter(name) and name not in SPECS:

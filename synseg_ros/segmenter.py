@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from synseg_model.masks import MaskRule
+
 
 class Segmentation(Protocol):
     """One segmented frame: ``labels`` (K), ``probabilities`` (K, H, W) float32 in [0, 1], ``scores`` (K,) the
@@ -31,8 +33,7 @@ class Segmenter(Protocol):
 
     backend_name: str
     device: Any
-    threshold: float                # the masks' activation threshold now in force
-    presence_threshold: float       # and the presence score a label needs for a mask
+    mask_rule: MaskRule             # the masks' thresholds now in force
     model_card: Mapping[str, Any]   # a one-line "summary"; "classes": the default vocabulary, when it has them
 
     def set_vocabulary(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
@@ -82,7 +83,7 @@ class FakeSegmentation:
 class FakeSegmenter:
     """Activation of label i = colour channel i % 3 / 255; its presence score is the channel's highest value. A
     label "fail" makes ``set_vocabulary`` raise, as a broken text encoder would; ``delay`` seconds are spent on
-    every frame, as a slow model would. Its own rule (a negative parameter): threshold 0.5, presence 0."""
+    every frame, as a slow model would. Its own rule (a negative parameter) is the plain one: 0.5, no presence test."""
 
     backend_name = "fake"
     device = "cpu"
@@ -100,8 +101,7 @@ class FakeSegmenter:
         self._labels = list(labels)
 
     def set_mask_rule(self, threshold: float | None = None, presence_threshold: float | None = None) -> None:
-        self.threshold = 0.5 if threshold is None else threshold
-        self.presence_threshold = 0.0 if presence_threshold is None else presence_threshold
+        self.mask_rule = MaskRule().with_overrides(threshold, presence_threshold)
 
     def segment(self, rgb: np.ndarray) -> FakeSegmentation:
         labels = self._labels
@@ -110,4 +110,5 @@ class FakeSegmenter:
         channels = [rgb[..., c] * np.float32(1.0 / 255.0) for c in range(3)]
         probabilities = np.stack([channels[i % 3] for i in range(len(labels))])
         scores = np.array([c.max() for c in channels], np.float32)[np.arange(len(labels)) % 3]
-        return FakeSegmentation(labels, probabilities, scores, scores >= self.presence_threshold, self.threshold)
+        rule = self.mask_rule
+        return FakeSegmentation(labels, probabilities, scores, scores >= rule.presence_threshold, rule.threshold)

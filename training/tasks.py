@@ -189,8 +189,8 @@ class MCCLTask(TrainingTask):
         vocabulary = sorted({label for item in batch["labels"] for label in item})
         if options.frames and (vocabulary or self.outside_words) and options.frame_labels:
             cfg = self.model.config
-            frames = image_to_tensor(random_frames(options.frames, size[0]).numpy(), cfg.mean, cfg.std, size[0],
-                                     device)
+            frames = image_to_tensor(random_frames(options.frames, size[0]).numpy(), cfg.mean, cfg.std,
+                                     device=device)
             names = []
             for _ in range(options.frames):
                 chosen = [vocabulary[i] for i in torch.randperm(len(vocabulary))[:options.frame_labels].tolist()]

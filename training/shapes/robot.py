@@ -152,8 +152,10 @@ def compute_maps(model: SynSeg, split: Path, probes: Probes, seen: set[str] | fr
     return maps
 
 
-def _masks(maps: torch.Tensor, rule: MaskRule) -> torch.Tensor:
-    return (maps > rule.threshold) & rule.present(rule.presence(maps))[..., None, None]
+def _masks(maps: torch.Tensor, rule: MaskRule) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masks ``rule`` gives (..., H, W) and the presence scores (...) it decided them by."""
+    scores = rule.presence(maps)
+    return (maps > rule.threshold) & rule.present(scores)[..., None, None], scores
 
 
 def _pct(num: float, den: float) -> float | None:
@@ -175,12 +177,12 @@ def auc(positive: torch.Tensor, negative: torch.Tensor) -> float | None:
 
 def robot_figures(maps: RobotMaps, rule: MaskRule) -> dict[str, Any]:
     """Every figure of the module docstring for ``rule``, in percent (ratios as ratios)."""
-    masks = _masks(maps.scenes, rule)
+    masks, scores = _masks(maps.scenes, rule)
+    present = rule.present(scores)
     valid = (maps.truth != IGNORE_INDEX)[:, None]
     inside = maps.truth[:, None] == torch.arange(len(maps.names))[None, :, None, None]
     holds = inside.flatten(2).any(-1)                                              # (N, K)
     area = (masks & valid).flatten(2).float().mean(-1)                             # share of the frame
-    present = rule.present(rule.presence(maps.scenes))
     per_class = {}
     for k, name in enumerate(maps.names):
         inter = float((masks[:, k] & inside[:, k]).sum())
@@ -194,8 +196,8 @@ def robot_figures(maps: RobotMaps, rule: MaskRule) -> dict[str, Any]:
             "absent_rate": _pct(float((area[absent, k] > maps.probes.min_fraction).sum()), float(absent.sum())),
             "caption_recall": _pct(float(present[maps.named[:, k], k].sum()), float(maps.named[:, k].sum())),
         }
-    word_area = _masks(maps.words, rule).flatten(2).float().mean(-1)               # (N, W)
-    frame_area = _masks(maps.frames, rule).flatten(2).float().mean(-1)             # (F, K)
+    word_area = _masks(maps.words, rule)[0].flatten(2).float().mean(-1)            # (N, W)
+    frame_area = _masks(maps.frames, rule)[0].flatten(2).float().mean(-1)          # (F, K)
     words = {w: 100.0 * float((word_area[:, j] > maps.probes.min_fraction).float().mean())
              for j, w in enumerate(maps.probes.words)}
     frames = {f: {"largest": 100.0 * float(frame_area[i].max()), "label": maps.names[int(frame_area[i].argmax())]}
@@ -208,7 +210,6 @@ def robot_figures(maps: RobotMaps, rule: MaskRule) -> dict[str, Any]:
             figures[f"{key}_{group}"] = _mean([per_class[n][key] for n in members])
         figures[f"worst_absent_rate_{group}"] = max((per_class[n]["absent_rate"] or 0.0 for n in members),
                                                     default=None)
-    scores = rule.presence(maps.scenes)
     figures["presence_auc"] = auc(scores[holds], scores[~holds])  # scene holds the class vs not: the rule's score
     named = maps.named
     figures["caption_recall"] = _pct(float(present[named].sum()), float(named.sum()))
