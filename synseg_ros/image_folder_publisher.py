@@ -9,6 +9,7 @@ camera driver uses (REP-2003), looping by default.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -133,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
+            # launch and `timeout` signal the whole process group again: a second Ctrl-C must not interrupt
+            # the clean-up (KeyboardInterrupt inside destroy_node, exit -2)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
             node.destroy_node()
     finally:
         rclpy.try_shutdown()

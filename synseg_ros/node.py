@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import rclpy
@@ -44,6 +46,9 @@ from synseg_ros.stats import FrameStats
 from synseg_ros.worker import FrameWorker
 
 STATS_WINDOW_S = 5.0
+# How long a signal waits for a transition in progress (a model that loads, downloads or warms up) before the
+# process ends without it: the node is gone within 2 s of Ctrl-C whatever it was doing.
+INTERRUPT_GRACE_S = 1.0
 WARMUP_FRAME = (480, 640, 3)        # one camera-sized frame through the model at configure
 # The shutdown transition's reply is sent after its callback returns; the process ends this long after, so that
 # the caller (`ros2 lifecycle set`) gets it instead of waiting forever for a reply that died with the process.
@@ -77,6 +82,9 @@ class SynSegNode(LifecycleNode):
         self._input: ImageInput | None = None
         self._outputs: SegmentationOutputs | None = None
         self._last_error = ""
+        self.stopping = False           # set by main() on a signal: no transition starts after it
+        self._loading = 0               # model loads and vocabulary encodings in progress (executor threads)
+        self._loading_lock = threading.Lock()
         self._stats = FrameStats(window=STATS_WINDOW_S)
         self._diagnostics: DiagnosticsPublisher | None = None
 
@@ -105,9 +113,23 @@ class SynSegNode(LifecycleNode):
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             self.get_logger().fatal(f"autostart: configure failed: {self._last_error}")
             self._on_exit(1)
-        elif self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        elif not self.stopping and self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             self.get_logger().fatal(f"autostart: activate failed: {self._last_error}")
             self._on_exit(1)
+
+    def busy(self) -> bool:
+        """Whether a model is being loaded or a vocabulary encoded (in one of the executor's threads)."""
+        return self._loading > 0
+
+    @contextmanager
+    def _busy_with(self) -> Iterator[None]:
+        with self._loading_lock:
+            self._loading += 1
+        try:
+            yield
+        finally:
+            with self._loading_lock:
+                self._loading -= 1
 
     def _call_later(self, delay: float, callback: Callable[[], None], group: Any = None) -> None:
         """Run ``callback`` once, ``delay`` seconds from now, in the executor."""
@@ -128,11 +150,17 @@ class SynSegNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Check every parameter together, load the model, encode the vocabulary, warm up, create publishers."""
+        with self._busy_with():
+            return self._configure()
+
+    def _configure(self) -> TransitionCallbackReturn:
         settings = self._settings
         source = settings["checkpoint"] or "the offline default model"
         started = time.monotonic()
         try:
             self._params.check_all()
+            self.get_logger().info(f"Loading the model from {source} (device={settings['device']}, "
+                                   f"backend={settings['backend']})")
             segmenter = self._factory(settings)
             loaded = time.monotonic()
             self.get_logger().info(f"Model: {segmenter.model_card.get('summary', '(no model card)')}")
@@ -237,7 +265,8 @@ class SynSegNode(LifecycleNode):
         start = time.monotonic()
         # The segmenter encodes first and then swaps (labels, embeddings) in one assignment, so the worker
         # sees either the old or the new vocabulary for a whole frame.
-        segmenter.set_vocabulary(list(labels), list(templates) if templates else None)
+        with self._busy_with():
+            segmenter.set_vocabulary(list(labels), list(templates) if templates else None)
         self.get_logger().info(f"Vocabulary {list(labels)} encoded in {(time.monotonic() - start) * 1e3:.0f} ms")
 
     def _apply_parameters(self, names: set[str]) -> None:
@@ -338,6 +367,12 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         spinner.start()
         while not done.wait(timeout=1.0):
             pass
+        node.stopping = True
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        while node.busy() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if node.busy():     # the executor's shutdown would wait for it
+            _exit_now(node, exit_code[0])
         executor.shutdown()
         # A daemon thread that is still inside rclpy's C++ code when the interpreter finalises aborts the
         # process ("terminate called without an active exception"): the spinner must be out first.
@@ -353,6 +388,20 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         # cannot turn the exit code into -2.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_now(node: SynSegNode, code: int) -> None:
+    """End the process while a transition is still running in the executor's thread.
+
+    That transition is a model's import, load, download or warm-up: minutes of work inside C code that no signal
+    interrupts, and it holds the node, so neither it nor the context can be destroyed in order (rclpy refuses a
+    handle in use). Nothing it holds outlives the process (the model has not been handed to the node), and DDS
+    peers see the node leave when its participant's lease ends.
+    """
+    node.get_logger().info(f"Interrupted while {node.state()}: exiting without waiting for it to finish")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def stop_handler(done: threading.Event) -> Callable[..., None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
@@ -24,19 +23,16 @@ ROS_PYTHON_DIRS = sorted(str(p) for p in ROS_INSTALL.glob("lib/python3*/site-pac
 VISION_MSGS_DIRS = sorted(str(p) for p in MESSAGES_INSTALL.glob("vision_msgs/lib/python3*/site-packages"))
 sys.path.extend(p for p in ROS_PYTHON_DIRS + VISION_MSGS_DIRS if p not in sys.path)
 
-from synseg_ros import processes  # noqa: E402 - after the path above
+from synseg_ros import middleware, processes  # noqa: E402 - after the path above
 
 # The `ros2` command line and `launch` (../shared/ros2cli, installed by `make setup` into .venv).
 ROS2CLI_SOURCE = REPO_ROOT.parent / "shared" / "ros2cli"
 ROS2CLI_SETUP = REPO_ROOT / "build" / "ros2cli" / "install" / "local_setup.bash"
 ROS2 = Path(sys.executable).parent / "ros2"
 TIMEOUT_S = 10.0            # every wait for discovery, a message or a command
-# The Fast DDS profile with a shared-memory segment large enough for camera frames: Fast DDS 3 (Kilted) reads
-# it from FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2 (Jazzy, the ros-fastrtps wheel) from FASTRTPS_..., and
-# Kilted warns about the old name.
+# The Fast DDS profile with a shared-memory segment large enough for camera frames, and the variable naming it.
 FASTDDS_PROFILE = str(REPO_ROOT / "config" / "fastdds_loopback.xml")
-FASTDDS_PROFILE_VARIABLE = ("FASTRTPS_DEFAULT_PROFILES_FILE" if int(version("ros-rclpy").split(".")[0]) < 9
-                            else "FASTDDS_DEFAULT_PROFILES_FILE")      # rclpy 9 is Kilted's, 7 Jazzy's
+FASTDDS_PROFILE_VARIABLE = middleware.profile_variable()
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -92,6 +88,8 @@ def run_ros2(*args: str, timeout: float = 30.0, attempts: int = 3) -> subprocess
     return out
 
 
-def start_ros2(args: Sequence[str], log_path: Path) -> subprocess.Popen:
-    """Start a long-running `ros2` command (e.g. `ros2 launch`) in its own process group."""
-    return processes.start(ros2_command(*args), log_path, env=ros2_env(), cwd=REPO_ROOT)
+def start_ros2(args: Sequence[str], log_path: Path, env_without: str = "") -> subprocess.Popen:
+    """Start a long-running `ros2` command (e.g. `ros2 launch`) in its own process group, without the
+    environment variable ``env_without`` if one is named."""
+    env = {name: value for name, value in ros2_env().items() if name != env_without}
+    return processes.start(ros2_command(*args), log_path, env=env, cwd=REPO_ROOT)

@@ -8,19 +8,32 @@ stopped after it) for the graph, as on a robot, instead of discovering it anew e
 from __future__ import annotations
 
 import ast
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 
 from synseg_model import default_checkpoint_path
 from tests.ros_helpers import stop_node, wait_until
-from tests.ros_processes import REPO_ROOT, ros2_missing, run_ros2, start_node, start_ros2
+from tests.ros_processes import (
+    FASTDDS_PROFILE_VARIABLE,
+    REPO_ROOT,
+    ROS_INSTALL,
+    ros2_missing,
+    run_ros2,
+    start_node,
+    start_ros2,
+)
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
 ARGUMENTS = {"image_topic", "params_file", "checkpoint", "device", "namespace", "autostart", "image_transport",
-             "use_depth", "depth_topic", "camera_info_topic"}
+             "use_depth", "depth_topic", "camera_info_topic", "fastdds_profile", "camera_folder"}
 MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 needs_ros2 = pytest.mark.skipif(ros2_missing() is not None, reason=str(ros2_missing()))
 
@@ -239,18 +252,76 @@ def test_shutdown_answers_the_caller_and_the_process_exits_0_every_time(tmp_path
 
 
 @pytest.mark.ros
+@needs_ros2
+def test_ctrl_c_while_the_model_loads_ends_the_launch_at_once(tmp_path):
+    """Ctrl-C while the node imports torch and loads the offline default model (about 12 s here): launch used to
+    escalate to SIGTERM and SIGKILL (the node's exit code -9) and still exit 0."""
+    log = tmp_path / "launch.log"
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "device:=cpu"], log)
+    try:
+        wait_until(lambda: "Loading the model" in log.read_text(), 30.0, "the model's load to start", procs=[launch])
+        sent = time.monotonic()
+        os.killpg(launch.pid, signal.SIGINT)         # what Ctrl-C in the terminal does
+        code = launch.wait(timeout=30.0)
+        took = time.monotonic() - sent
+    finally:
+        stop_node(launch)
+        print(log.read_text())
+    text = log.read_text()
+    assert code == 0 and took < 4.0, (code, took)
+    assert "process has finished cleanly" in text and "Active" not in text and "Configured" not in text
+    assert "[ERROR]" not in text and "Traceback" not in text
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started, directly or not, by ``pid``."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:             # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def environment(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
+
+
+@pytest.mark.ros
 @pytest.mark.slow
 @needs_ros2
-def test_launch_defaults_run_the_default_model(tmp_path):
-    """autostart (the default) configures and activates the node on the offline default model."""
+def test_launch_defaults_run_the_default_model_on_a_camera_with_frames_over_512_kb(tmp_path):
+    """autostart (the default) configures and activates the node on the offline default model. With Fast DDS's
+    stock settings most frames over 512 KB are lost unless the publisher has the larger shared-memory segment: the
+    launch gives its profile to every process it starts, the camera stand-in included, whatever the caller's
+    environment says."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "frame.png"), np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8))
     log = tmp_path / "launch.log"
-    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "image_topic:=/front/image", "device:=cpu"],
-                        log)
+    launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "image_topic:=/front/image", "device:=cpu",
+                         f"camera_folder:={folder}"], log, env_without=FASTDDS_PROFILE_VARIABLE)
     try:
         wait_until(lambda: lifecycle("get", "/synseg", attempts=1).startswith("active"), MODEL_STARTUP_S,
                    "the node to be active", procs=[launch])
         out = run_ros2("topic", "info", "/front/image")
         assert "Subscription count: 1" in out.stdout, out.stdout
+        out = run_ros2("topic", "echo", "--once", "--field", "header.frame_id", "/synseg/masks", timeout=60.0)
+        assert out.stdout.startswith("camera"), out.stdout + out.stderr
+        started = {" ".join(Path(f"/proc/{pid}/cmdline").read_text().split("\0")): environment(pid)
+                   for pid in descendants(launch.pid)}
+        profiles = {command.split()[1].rsplit("/", 1)[-1]: env.get(FASTDDS_PROFILE_VARIABLE)
+                    for command, env in started.items() if "lib/synseg_ros/" in command}
+        profile = str(ROS_INSTALL / "share" / "synseg_ros" / "config" / "fastdds_loopback.xml")
+        assert profiles == {"synseg_node": profile, "image_folder_publisher": profile}, started.keys()
     finally:
         text = stop_launch(launch, log)
     assert "Configured in" in text and "Active: subscribed to /front/image" in text

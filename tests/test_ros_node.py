@@ -426,6 +426,30 @@ def test_a_stream_of_interrupts_ends_the_node_with_0(ros_context, tmp_path):
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_the_model_loads_ends_the_node_within_2_s(ros_context, tmp_path, sig):
+    """Ctrl-C (or a supervisor's SIGTERM) while the model loads: a load is seconds to minutes of work that no
+    signal interrupts (importing torch, reading or downloading weights). The node waited for it, then went on to
+    "Active" and exited 20 s later. Expected: gone within 2 s, exit 0, no "Active", nothing logged as an error."""
+    log = tmp_path / "node.log"
+    proc = start_node(FAKE_NODE, ["--load-delay", "30", "--ros-args", "-r", "__ns:=/loading",
+                                  "-p", "autostart:=true", "-p", "vocabulary:=[red]"], log)
+    try:
+        wait_until(lambda: "Loading the model" in log.read_text(), TIMEOUT_S, "the model's load to start")
+        time.sleep(0.5)
+        sent = time.monotonic()
+        os.killpg(proc.pid, sig)
+        code = proc.wait(TIMEOUT_S)
+        took = time.monotonic() - sent
+    finally:
+        stop_node(proc)
+        print(log.read_text())
+    text = log.read_text()
+    assert code == 0 and took < 2.0, (code, took)
+    assert "Active" not in text and "Configured" not in text
+    assert "ERROR" not in text and "Traceback" not in text
+
+
 def test_interrupts_while_segmenting_end_the_node_cleanly(ros_context, tmp_path):
     """SIGINT while the model is busy, then a second one during shutdown (what `timeout -s INT` or a
     non-interactive `ros2 launch` sends to the process group): exit 0, no error after shutdown began, no
