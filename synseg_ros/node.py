@@ -41,7 +41,7 @@ from synseg_ros import params
 from synseg_ros.diagnostics import DiagnosticsPublisher, NodeReport
 from synseg_ros.image_input import ImageInput
 from synseg_ros.outputs import SegmentationOutputs
-from synseg_ros.segmenter import Segmenter, SegmenterFactory, load_segmenter, mask_rule_values
+from synseg_ros.segmenter import Segmenter, SegmenterFactory, labels_off_card, load_segmenter, mask_rule_values
 from synseg_ros.stats import FrameStats
 from synseg_ros.worker import FrameWorker
 
@@ -82,6 +82,7 @@ class SynSegNode(LifecycleNode):
         self._input: ImageInput | None = None
         self._outputs: SegmentationOutputs | None = None
         self._last_error = ""
+        self._warned_labels: set[str] = set()
         self.stopping = False           # set by main() on a signal: no transition starts after it
         self._loading = 0               # model loads and vocabulary encodings in progress (executor threads)
         self._loading_lock = threading.Lock()
@@ -171,6 +172,7 @@ class SynSegNode(LifecycleNode):
                     raise ValueError(f"the model card's classes: {result.reason}")
             if vocabulary:
                 segmenter.set_vocabulary(vocabulary, settings["prompt_templates"])
+                self._warn_off_card(vocabulary, segmenter)
                 segmenter.segment(np.zeros(WARMUP_FRAME, np.uint8))
             else:
                 self.get_logger().warning(self._no_vocabulary())
@@ -248,6 +250,7 @@ class SynSegNode(LifecycleNode):
             self._outputs = None
         self._segmenter = None
         gc.collect()
+        return_freed_memory()
         torch = sys.modules.get("torch")    # loaded only by a real model; give its GPU memory back too
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -268,6 +271,18 @@ class SynSegNode(LifecycleNode):
         with self._busy_with():
             segmenter.set_vocabulary(list(labels), list(templates) if templates else None)
         self.get_logger().info(f"Vocabulary {list(labels)} encoded in {(time.monotonic() - start) * 1e3:.0f} ms")
+        self._warn_off_card(labels, segmenter)
+
+    def _warn_off_card(self, labels: Sequence[str], segmenter: Segmenter) -> None:
+        """Once per label: a closed-world model (its card lists its classes) still masks a label it never met."""
+        classes = segmenter.model_card.get("classes") or ()
+        for label in labels_off_card(labels, segmenter.model_card):
+            if label not in self._warned_labels:
+                self._warned_labels.add(label)
+                self.get_logger().warning(
+                    f"Label {label!r} is not one of the {len(classes)} classes this model knows "
+                    f"({', '.join(classes)}): its masks mean little. A model that reads any word: "
+                    f"checkpoint:=clipseg-rd64-refined (docs/runtime.md, models by name)")
 
     def _apply_parameters(self, names: set[str]) -> None:
         if names & {"threshold", "presence_threshold"} and self._segmenter is not None:
@@ -309,21 +324,41 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog="parameters:\n" + "\n".join(lines))
 
 
-def keep_freed_memory() -> None:
-    """Let glibc keep the memory of freed frames instead of returning it to the kernel.
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None where the C library is another (the memory tuning below is then a no-op)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def configure_malloc() -> None:
+    """Tune glibc's allocator for a node that allocates frame-sized buffers and reloads models for hours.
 
     Every frame allocates and frees buffers of megabytes (the image, the masks, their messages). By default
     glibc serves them with mmap and unmaps them on free, so the next frame page-faults its memory back in,
-    which costs milliseconds per frame; ROS 2's real-time guidance sets the same two options. No-op where
-    the C library is not glibc.
+    which costs milliseconds per frame: freed memory is kept instead (ROS 2's real-time guidance sets the same
+    two options). And glibc gives each thread that allocates its own arena: a model loaded by one executor
+    thread and reloaded by another leaves its freed memory in an arena that nothing reuses, and the process grew
+    by tens of MB with every cleanup/configure cycle (scripts/soak.py); one arena keeps it flat.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3      # from glibc's malloc.h
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8     # from glibc's malloc.h
     libc.mallopt(m_mmap_threshold, 32 << 20)         # the largest value glibc accepts: 32 MB
     libc.mallopt(m_trim_threshold, 512 << 20)
+    libc.mallopt(m_arena_max, 1)
+
+
+def return_freed_memory() -> None:
+    """Give the memory of a released model back to the kernel (glibc's malloc_trim, every arena).
+
+    Kept by ``configure_malloc``'s trim threshold, a released model's memory would stay with the process.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory = load_segmenter) -> int:
@@ -342,7 +377,7 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
     except RuntimeError as exc:       # rclpy's RCLError: a --params-file that cannot be read, bad --ros-args
         print(f"[FATAL] [synseg]: {str(exc).split(', at ')[0]}", file=sys.stderr)
         return 1
-    keep_freed_memory()
+    configure_malloc()
     # rclpy's own handlers would shut the context down the moment a signal arrives, under a worker that is
     # still publishing; here a signal only asks the main thread to stop the node in order, and a second one
     # (launch and `timeout` send SIGINT to the whole process group) changes nothing.

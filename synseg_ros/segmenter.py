@@ -52,13 +52,24 @@ def mask_rule_values(settings: Mapping[str, Any]) -> tuple[float | None, float |
     return tuple(None if value < 0 else float(value) for value in values)  # type: ignore[return-value]
 
 
+def labels_off_card(labels: Sequence[str], card: Mapping[str, Any]) -> list[str]:
+    """The labels a closed-world model does not know: not among the ``classes`` its card lists (a model trained
+    in a world of known classes, like the offline default model, lists them; an open-vocabulary one does not)."""
+    known = {name.strip().lower() for name in card.get("classes") or ()}
+    return [label for label in labels if known and label.strip().lower() not in known]
+
+
 # Builds a segmenter from the node's parameter values (name -> value).
 SegmenterFactory = Callable[[Mapping[str, Any]], Segmenter]
 
 
 def load_segmenter(settings: Mapping[str, Any]) -> Segmenter:
     """The node's default factory: a ``synseg_model.Segmenter`` configured by the node's parameters."""
-    # Imported here so that torch loads only when a real model is used (not for --help or test fakes).
+    # Imported here so that torch loads only when a real model is used (not for --help or test fakes), and after
+    # the model is found: a name that cannot be had (not cached, no network) fails in seconds, not after torch.
+    from synseg_model.pretrained import resolve_checkpoint
+
+    resolve_checkpoint(settings["checkpoint"] or None)
     from synseg_model import Segmenter as ModelSegmenter
 
     threshold, presence_threshold = mask_rule_values(settings)

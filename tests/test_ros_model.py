@@ -1,10 +1,12 @@
-"""The synseg node with the real offline default model: its masks overlap the true shapes (an IoU bound), and
-absent classes and a black frame get none.
+"""The synseg node with the real offline default model: its masks overlap the true shapes (an IoU bound),
+absent classes and a black frame get none, and a word the model never met is warned about once.
 
 Scenes come from the shapes-world generator (ground truth per pixel); the node runs in its own process on
 CPU with `Segmenter.from_checkpoint(None)`, exactly as `ros2 run synseg_ros synseg_node` would.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -97,10 +99,15 @@ def test_default_model_masks_overlap_the_true_shapes(ros_context, tmp_path):
             what="masks for a black frame")[0]
         black_masks = [mask_array(m).any() for m in out.masks]
         black_scores = list(out.scores)
+        for labels in (["person", "circle"], ["chair", "person"]):      # a word the model never met: said once
+            assert probe.set_parameter("vocabulary", labels).successful
     finally:
         probe.close()
         stop_node(proc)
         print((tmp_path / "node.log").read_text())
+    log = (tmp_path / "node.log").read_text()
+    warned = re.findall(r"Label '(\w+)' is not one of the 11 classes this model knows", log)
+    assert warned == ["person", "chair"]
     rule = load_checkpoint(default_checkpoint_path()).model_card["mask_rule"]
     print(f"absent classes: mask over 1% in {np.mean(absent):.3f} of {len(absent)} pairs; scores "
           f"{np.mean(absent_scores):.3f} (rule {rule}); black frame: masks {black_masks}, scores {black_scores}")

@@ -2,7 +2,9 @@
 
 Every package of the model's section of requirements.txt reaches a workspace either through a rosdep key in
 package.xml (`rosdep install`) or through the README's `pip install` line, and no key names a package the
-node does not use.
+node does not use. Ubuntu 24.04 and Debian 12 refuse `pip install` outside a virtual environment (PEP 668),
+rosdep's pip keys included: the README's pip line runs in the workspace's venv, which sees the system's packages
+and runs the workspace's executables.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from tests.ros_processes import REPO_ROOT
 # Keys of ROS's rosdep database (rosdistro: rosdep/base.yaml, rosdep/python.yaml) for the model's packages.
 # Packages without a key here are pip-installed by the README's line.
 ROSDEP_KEYS = {"numpy": "python3-numpy", "opencv-python-headless": "python3-opencv", "pyyaml": "python3-yaml",
-               "torch": "python3-torch", "torchvision": "python3-torchvision",
-               "onnxruntime": "python3-onnxruntime-pip"}
+               "torch": "python3-torch", "torchvision": "python3-torchvision"}
 
 
 def model_requirements() -> set[str]:
@@ -30,11 +31,17 @@ def exec_depends() -> set[str]:
     return {element.text for element in root.iter("exec_depend")}
 
 
-def readme_pip_line() -> set[str]:
+def workspace_commands() -> list[str]:
+    """The command lines of the README's workspace block (On a robot), comments dropped."""
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## On a robot", 1)[1].split("\n## ", 1)[0]
-    line = next(line for line in section.splitlines() if line.startswith("pip install "))
-    return {word.lower() for word in line.split("#")[0].split()[2:]}
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def readme_pip_line() -> set[str]:
+    line = next(line for line in workspace_commands() if line.startswith("pip install "))
+    return {word.lower() for word in line.split()[2:]}
 
 
 def test_every_model_package_comes_from_rosdep_or_the_readme_pip_line():
@@ -50,3 +57,25 @@ def test_package_xml_python_keys_name_packages_the_node_uses():
     python_keys = {key for key in exec_depends() if key.startswith("python3-")}
     used = {ROSDEP_KEYS[name] for name in model_requirements() if name in ROSDEP_KEYS}
     assert python_keys == used
+
+
+def test_rosdep_installs_nothing_with_pip():
+    """A `-pip` key makes `rosdep install` run pip on the system's Python: PEP 668 stops it."""
+    assert not [key for key in exec_depends() if key.endswith("-pip")]
+
+
+def test_the_workspace_pip_line_runs_in_a_venv_that_sees_the_system_and_runs_the_workspace():
+    commands = workspace_commands()
+    venv = next(line for line in commands if " -m venv " in line)
+    assert "--system-site-packages" in venv and "COLCON_IGNORE" in venv     # ROS and apt's packages; not a package
+    activate = next(i for i, line in enumerate(commands) if "/bin/activate" in line)
+    pip = next(i for i, line in enumerate(commands) if line.startswith("pip install "))
+    build = next(i for i, line in enumerate(commands) if "colcon build" in line)
+    assert activate < pip and activate < build
+    assert "python -m colcon build" in commands[build]      # the venv's interpreter builds the workspace
+
+
+def test_the_executables_run_with_the_python_on_path():
+    """`ros2 run` and `ros2 launch` start these files: with the venv activated, its python runs them."""
+    for name in ("synseg_node", "image_folder_publisher", "segment_bag"):
+        assert (REPO_ROOT / "scripts" / name).read_text().splitlines()[0] == "#!/usr/bin/env python3", name

@@ -2,6 +2,8 @@
 logged, and the card's classes are the default vocabulary."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from hub_fixtures import use_hf_home, write_clipseg_repo
@@ -90,3 +92,25 @@ def test_node_starts_on_a_named_model_from_the_hub_cache(ros_context, tmp_path, 
     assert code == 0
     assert "Model: clipseg-rd64-refined: CLIPSeg rd64-refined" in text and "No vocabulary" in text
     assert any((tmp_path / "converted" / "CIDAS--clipseg-rd64-refined").rglob("clipseg-v*.safetensors"))
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "no_network"])
+def test_a_named_model_that_cannot_be_had_fails_in_seconds(ros_context, tmp_path, monkeypatch, offline):
+    """hf-hub:some/repo, not cached, without a network (the tests' sandbox has none): the node asked the Hub again
+    and again (39-49 s), or with HF_HUB_OFFLINE=1 imported torch before it looked (16-31 s). Expected: one
+    fatal line naming the cache and the way out, in under 5 s."""
+    use_hf_home(monkeypatch, tmp_path / "hf", tmp_path / "converted", offline=offline)
+    log = tmp_path / "node.log"
+    started = time.monotonic()
+    proc = start_node("synseg_ros.node", ["--ros-args", "-p", "checkpoint:=hf-hub:some/repo", "-p", "autostart:=true",
+                                          "-p", "device:=cpu"], log)
+    try:
+        code = proc.wait(120)
+        took = time.monotonic() - started
+    finally:
+        stop_node(proc)
+        print(log.read_text())
+    assert code == 1 and took < 5.0, (code, took)
+    assert "hf-hub:some/repo is not in the Hugging Face cache" in log.read_text()
+    assert ("HF_HUB_OFFLINE=1" if offline else "no connection to the Hub") in log.read_text()

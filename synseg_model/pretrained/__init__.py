@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..state_dicts import CheckpointError, read_state_dict
 
@@ -32,6 +35,9 @@ HF_PREFIX = "hf-hub:"
 DEFAULT_MODEL = "synseg-shapes"
 CACHE_ENV = "SYNSEG_MODEL_CACHE"
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
+HUB_PROBE_TIMEOUT_S = 3.0
+HUB_PROBE_TTL_S = 60.0
+_probe: list = []           # [monotonic time, why the Hub was unreachable then or None]
 _BUNDLED = Path(__file__).resolve().parents[1] / "weights"
 
 
@@ -183,15 +189,38 @@ def _hub_cache() -> str:
     return constants.HF_HUB_CACHE
 
 
-def _offline() -> bool:
+def _unreachable_hub() -> str | None:
+    """Why the Hub cannot be asked now (HF_HUB_OFFLINE=1, or no connection to its endpoint), or None.
+
+    Without a network huggingface_hub retries each request with back-off, 40 s and more before it falls back to
+    the cache; one connection attempt answers in at most ``HUB_PROBE_TIMEOUT_S``. The answer is kept for
+    ``HUB_PROBE_TTL_S``, so a node configured again later asks again.
+    """
     from huggingface_hub import constants
 
-    return constants.HF_HUB_OFFLINE
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1"
+    now = time.monotonic()
+    if _probe and now - _probe[0] < HUB_PROBE_TTL_S:
+        return _probe[1]
+    endpoint = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_TIMEOUT_S).close()
+        why = None
+    except OSError as exc:
+        why = f"no connection to the Hub ({endpoint.hostname}: {exc.strerror or exc})"
+    _probe[:] = [now, why]
+    return why
+
+
+def _offline() -> bool:
+    return _unreachable_hub() is not None
 
 
 def _not_cached(label: str, repo: str, revision: str | None, reason: str) -> CheckpointError:
     what = label if label.startswith(HF_PREFIX) else f"{label} (hf-hub:{repo}@{revision or 'main'})"
-    why = "HF_HUB_OFFLINE=1" if _offline() else f"no connection to the Hub: {reason}"
+    why = _unreachable_hub() or f"no connection to the Hub: {reason}"
     return CheckpointError(
         f"{what} is not in the Hugging Face cache {_hub_cache()} and cannot be downloaded ({why}). On a machine "
         f"with a network, run `HF_HOME=/some/folder python -m synseg_model.pretrained download {label}`, copy "
@@ -212,7 +241,8 @@ def _hub_file(repo: str, filename: str, revision: str | None, label: str, force:
     )
 
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, force_download=force))
+        return Path(hf_hub_download(repo, filename, revision=revision, force_download=force,
+                                    local_files_only=_offline()))
     except RemoteEntryNotFoundError:
         return None
     except LocalEntryNotFoundError as exc:
@@ -254,9 +284,10 @@ def _weights_file(repo: str, revision: str | None, label: str) -> Path:
 def _refetch(repo: str, path: Path, label: str, error: CheckpointError) -> Path:
     """A cached hub file that cannot be read: fetched again when online, else a clear error."""
     commit = path.parent.name  # the snapshot folder is named by the commit
-    if _offline():
+    why = _unreachable_hub()
+    if why:
         raise CheckpointError(
-            f"{label}: the cached file {path} is corrupt ({error}); HF_HUB_OFFLINE=1, so it cannot be fetched "
+            f"{label}: the cached file {path} is corrupt ({error}); {why}, so it cannot be fetched "
             f"again: unset HF_HUB_OFFLINE and run `python -m synseg_model.pretrained download {label}`, or copy "
             f"a good cache (folder {_hub_cache()}) from another machine") from error
     log.warning("%s: cached %s is corrupt (%s): downloading it again", label, path.name, error)
