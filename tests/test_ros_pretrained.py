@@ -111,6 +111,7 @@ def test_a_named_model_that_cannot_be_had_fails_in_seconds(ros_context, tmp_path
     finally:
         stop_node(proc)
         print(log.read_text())
+    print(f"the node ended {took:.1f} s after it started")
     assert code == 1 and took < 5.0, (code, took)
     assert "hf-hub:some/repo is not in the Hugging Face cache" in log.read_text()
     assert ("HF_HUB_OFFLINE=1" if offline else "no connection to the Hub") in log.read_text()
