@@ -191,14 +191,16 @@ def parse_label_list(text: str) -> list[str]:
     return [item.strip().strip("'\"").strip() for item in body.split(",")] if body.strip() else []
 
 
-YAML_NULLS = ("null", "Null", "NULL", "~")
+# YAML's null as the string rcl passes on at start-up, and as `ros2 param load` sends it at run time (it sends
+# every value as the YAML of str(value), and str(None) is "None").
+YAML_NULLS = ("null", "Null", "NULL", "~", "None")
 
 
 def coerce_value(name: str, value: Any) -> Any:
     """Repair the types YAML infers (``ros2 param set``, ``-p``, parameter files) before anything checks them.
 
     - YAML's null for a string array (``vocabulary: null``, as ``ros2 param dump`` writes an unset one; rcl's
-      parser passes it on as the string "null"): unset;
+      parser passes it on as the string "null", ``ros2 param load`` as "None"): unset;
     - a string for a string array: parsed as a list (``"person"``, ``"[person, 3]"``);
     - an empty list of any type for a string array: an empty list (rejected later, with a reason);
     - string-array entries: surrounding whitespace removed;

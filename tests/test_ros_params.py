@@ -54,8 +54,9 @@ def test_coerce_repairs_what_yaml_infers():
     assert threshold.type_ == Parameter.Type.DOUBLE and threshold.value == 1.0
     booleans = Parameter("vocabulary", value=[True, False])
     assert params.coerce(booleans) is booleans          # left for the validating callback to reject
-    unset = params.coerce(Parameter("prompt_templates", value="null"))   # YAML's null, as rcl passes it on
-    assert unset.type_ == Parameter.Type.NOT_SET        # not the one template 'null' (refused later when set)
+    for null in ("null", "None"):          # YAML's null, as rcl passes it on and as `ros2 param load` sends it
+        unset = params.coerce(Parameter("prompt_templates", value=null))
+        assert unset.type_ == Parameter.Type.NOT_SET    # not the one template 'null' (refused later when set)
     with pytest.raises(ValueError, match="vocabulary cannot be unset"):
         params.validate("vocabulary", params.coerce(Parameter("vocabulary", value="~")).value, {})
 
