@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,19 +26,22 @@ class Segmentation:
     Attributes:
         labels: the K labels, in the order of the arrays below.
         probabilities: (K, H, W) float32 activation maps sigmoid(logits), at the input resolution.
-        masks: (K, H, W) bool, ``probabilities > threshold`` for the present categories, empty for the others; a
-            pixel may be in several masks.
         scores: (K,) float32, each category's presence score (``synseg_model.masks``), in [0, 1].
         present: (K,) bool, ``scores >= presence_threshold``: the categories that get a mask.
-        threshold: the activation threshold that made the masks.
+        threshold: the activation threshold of the masks.
+        masks: (K, H, W) bool, ``probabilities > threshold`` for the present categories, empty for the others; a
+            pixel may be in several masks. Made when first read: the node makes its own, into buffers it reuses.
     """
 
     labels: list[str]
     probabilities: np.ndarray
-    masks: np.ndarray
     scores: np.ndarray
     present: np.ndarray
     threshold: float
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        return (self.probabilities > self.threshold) & self.present[:, None, None]
 
 
 def image_to_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float], size: int | None = None,
@@ -179,8 +183,6 @@ class Segmenter:
         scores = rule.presence(torch.sigmoid(logits[0]))
         present = rule.present(scores).cpu().numpy()
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0]
-        probs_np = torch.sigmoid(logits).cpu().numpy()
-        masks = (probs_np > rule.threshold) & present[:, None, None]
-        return Segmentation(labels=list(labels), probabilities=probs_np, masks=masks,
+        return Segmentation(labels=list(labels), probabilities=torch.sigmoid(logits).cpu().numpy(),
                             scores=scores.cpu().numpy().astype(np.float32), present=present,
                             threshold=rule.threshold)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -455,8 +456,20 @@ def stop_handler(done: threading.Event) -> Callable[..., None]:
 
 
 def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:
+    """Spin until the executor shuts down, then set ``done``.
+
+    deactivate destroys the image subscription, with its message-lost event handler, in a transition's thread;
+    rclpy's executor guards the subscriptions it adds to its wait set against that, not their event handlers,
+    and raised InvalidHandle out of spin(), which ended the node (scripts/soak.py). The next wait set is built
+    without the destroyed handler: spinning goes on.
+    """
     try:
-        executor.spin()
+        while True:
+            try:
+                executor.spin()
+                return
+            except InvalidHandle:
+                continue
     except ExternalShutdownException:
         pass
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import cv2
@@ -424,6 +425,40 @@ def test_a_stream_of_interrupts_ends_the_node_with_0(ros_context, tmp_path):
         print(log.read_text())
     assert code == 0, code
     assert "Traceback" not in log.read_text()
+
+
+def test_back_to_back_deactivate_activate_cycles_keep_the_node_running(ros_context, tmp_path):
+    """deactivate destroys the image subscription and its message-lost event handler while the executor's own
+    thread may be adding that handler to its wait set: rclpy raised InvalidHandle there, the executor thread
+    died and the node shut itself down with exit code 0 (scripts/soak.py, a cycle every 3 s: within 0.7 min)."""
+    log = tmp_path / "node.log"
+    proc = start_node(FAKE_NODE, ["--ros-args", "-r", "__ns:=/cycling", "-r", "image:=/cycling/image",
+                                  "-p", "autostart:=true", "-p", "vocabulary:=[red]"], log)
+    probe = Probe("probe_cycling", "/cycling/image", {}, target="/cycling/synseg")
+    frame = image_msg(red_box_image(), "rgb8", probe.now())
+    camera_on = threading.Event()
+
+    def camera() -> None:          # every frame wakes the executor, which builds its wait set anew
+        while camera_on.is_set():
+            probe.image_pub.publish(frame)
+            time.sleep(0.002)
+
+    camera_thread = threading.Thread(target=camera, daemon=True)
+    try:
+        probe.wait_for_node()
+        camera_on.set()
+        camera_thread.start()
+        for cycle in range(60):
+            for transition in ("deactivate", "activate"):
+                assert proc.poll() is None and probe.change_state(transition), (cycle, transition)
+        code = stop_node(proc)
+    finally:
+        camera_on.clear()
+        camera_thread.join(timeout=5)
+        probe.close()
+        stop_node(proc)
+        print(log.read_text())
+    assert code == 0 and "Traceback" not in log.read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
