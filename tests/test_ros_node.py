@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -458,6 +460,24 @@ def test_back_to_back_deactivate_activate_cycles_keep_the_node_running(ros_conte
         probe.close()
         stop_node(proc)
         print(log.read_text())
+    assert code == 0 and "Traceback" not in log.read_text()
+
+
+def test_ctrl_c_while_the_node_imports_rclpy_exits_0_without_a_traceback(ros_context, tmp_path):
+    """The first second of `ros2 run synseg_ros synseg_node` imports rclpy and numpy, before the node's own
+    handlers exist: Python's default turned Ctrl-C there into a KeyboardInterrupt traceback. (The interpreter's
+    own start-up, before the script's first line, is Python's: no script can take Ctrl-C there.)"""
+    from synseg_ros import processes
+    from tests.ros_processes import REPO_ROOT, child_env
+
+    log = tmp_path / "node.log"
+    proc = processes.start([sys.executable, str(REPO_ROOT / "scripts" / "synseg_node")], log, env=child_env(),
+                           cwd=REPO_ROOT)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    wait_until(lambda: "librcl.so" in maps.read_text(), TIMEOUT_S, "rclpy's libraries to load")
+    os.killpg(proc.pid, signal.SIGINT)        # rclpy is being imported: the node's handlers are not there yet
+    code = proc.wait(TIMEOUT_S)
+    print(log.read_text())
     assert code == 0 and "Traceback" not in log.read_text()
 
 
