@@ -3,7 +3,7 @@
 The operator's cycles are shortened (a vocabulary every 2 s, deactivate/activate every 15 s, cleanup/configure
 every 60 s) so that 2 minutes see each of them. Two goals are left to the hour-long run, which alone can judge
 them: memory (the model reloaded at 1 minute warms up again through the last one: +27 MB measured between the
-two 30 s windows, then flat) and p99 (a 30 s window's p99 is its 6th-worst frame, which a shared 2-core machine
+two 30 s windows) and p99 (a 30 s window's p99 is its 6th-worst frame, which a shared 2-core machine
 running other tests moves by more than 20%).
 """
 from __future__ import annotations
