@@ -166,8 +166,8 @@ class Operator:
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.01)
         result = future.result() if future.done() else None
-        ok = result is not None and (getattr(result, "success", None) if hasattr(result, "success")
-                                     else all(r.successful for r in result.results))
+        ok = result is not None and (result.success if hasattr(result, "success")       # ChangeState
+                                     else all(r.successful for r in result.results))    # SetParameters
         if not ok:
             with self.lock:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {what}: "
