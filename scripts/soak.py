@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Endurance run of the synseg node: a camera at 30 Hz for N minutes while everything a robot does to it happens.
 
-    export LD_LIBRARY_PATH=$PWD/install/synseg_ros/lib     # after `make setup`: the message's libraries
+    export LD_LIBRARY_PATH=$PWD/install/synseg_ros/lib:$PWD/build/ros2cli/install/vision_msgs/lib   # make setup's
     scripts/sandbox .venv/bin/python scripts/soak.py --minutes 60            # the README's table
     scripts/sandbox .venv/bin/python scripts/soak.py --minutes 2 --row-seconds 10 --json soak.json
 
@@ -37,8 +37,11 @@ from typing import Any, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# The checkout's synseg_ros, and the message module that `make setup` built, here and in the node's process.
-PYTHON_DIRS = [str(ROOT), *sorted(str(p) for p in (ROOT / "install" / "synseg_ros").glob("lib/python3*/site-packages"))]
+# The checkout's synseg_ros, and the messages that `make setup` built (this package's, vision_msgs for the
+# detections), here and in the node's process.
+PYTHON_DIRS = [str(ROOT), *sorted(str(p) for base in (ROOT / "install" / "synseg_ros",
+                                                      ROOT / "build" / "ros2cli" / "install" / "vision_msgs")
+                                  for p in base.glob("lib/python3*/site-packages"))]
 sys.path[:0] = PYTHON_DIRS
 os.environ["PYTHONPATH"] = os.pathsep.join(PYTHON_DIRS + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
