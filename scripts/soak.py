@@ -310,7 +310,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every", type=float, nargs=3, default=(2.0, 30.0, 300.0),
                         metavar=("VOCABULARY", "REACTIVATE", "RECONFIGURE"),
                         help="seconds between two vocabulary changes, deactivate/activate cycles and "
-                             "cleanup/configure cycles (default 2 30 300)"),
+                             "cleanup/configure cycles (default 2 30 300)")
     parser.add_argument("--checkpoint", default="", help="the node's model (empty: the offline default model)")
     parser.add_argument("--fake", action="store_true",
                         help="the node on the fake model (synseg_ros.fake_node): the node's own figures")
@@ -320,10 +320,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if min(args.minutes, args.row_seconds, args.rate, *args.every) <= 0:
-        print("soak.py: --minutes, --row-seconds, --rate and --every must be positive", file=sys.stderr)
-        return 2
+        parser.error("--minutes, --row-seconds, --rate and --every must be positive")
     rows, missed = soak(args)
     print("goals: all met" if not missed else "goals missed:\n  " + "\n  ".join(missed))
     if args.json:

@@ -1,8 +1,11 @@
 """Helpers for the rclpy tests: a probe node spinning in the test process, messages, bounded waits."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,6 +30,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT_S, what: s
                procs: Sequence[Any] = ()) -> Any:
     """``processes.wait_until`` with the tests' default timeout."""
     return processes.wait_until(predicate, timeout, what, procs)
+
+
+def interrupt_when_logged(proc: Any, log: Path, text: str, sig: int = signal.SIGINT,
+                          timeout: float = TIMEOUT_S) -> tuple[int, float]:
+    """Once ``text`` is in ``log``, send ``sig`` to ``proc``'s process group (what Ctrl-C in a terminal does);
+    returns its exit code and the seconds from the signal to the exit. The process is stopped and its log
+    printed whatever happens."""
+    try:
+        wait_until(lambda: text in log.read_text(), timeout, f"{text!r} in {log}", procs=[proc])
+        sent = time.monotonic()
+        os.killpg(proc.pid, sig)
+        code = proc.wait(timeout)
+        return code, time.monotonic() - sent
+    finally:
+        stop_node(proc)
+        print(log.read_text())
 
 
 def image_msg(rgb: np.ndarray, encoding: str, stamp: Any, frame_id: str = "camera") -> Image:

@@ -8,10 +8,7 @@ stopped after it) for the graph, as on a robot, instead of discovering it anew e
 from __future__ import annotations
 
 import ast
-import os
 import re
-import signal
-import time
 from pathlib import Path
 
 import cv2
@@ -20,7 +17,7 @@ import pytest
 import yaml
 
 from synseg_model import default_checkpoint_path
-from tests.ros_helpers import stop_node, wait_until
+from tests.ros_helpers import interrupt_when_logged, stop_node, wait_until
 from tests.ros_processes import (
     FASTDDS_PROFILE_VARIABLE,
     REPO_ROOT,
@@ -258,15 +255,7 @@ def test_ctrl_c_while_the_model_loads_ends_the_launch_at_once(tmp_path):
     escalate to SIGTERM and SIGKILL (the node's exit code -9) and still exit 0."""
     log = tmp_path / "launch.log"
     launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "device:=cpu"], log)
-    try:
-        wait_until(lambda: "Loading the model" in log.read_text(), 30.0, "the model's load to start", procs=[launch])
-        sent = time.monotonic()
-        os.killpg(launch.pid, signal.SIGINT)         # what Ctrl-C in the terminal does
-        code = launch.wait(timeout=30.0)
-        took = time.monotonic() - sent
-    finally:
-        stop_node(launch)
-        print(log.read_text())
+    code, took = interrupt_when_logged(launch, log, "Loading the model", timeout=30.0)
     text = log.read_text()
     assert code == 0 and took < 4.0, (code, took)
     assert "process has finished cleanly" in text and "Active" not in text and "Configured" not in text

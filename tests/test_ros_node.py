@@ -19,7 +19,15 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from sensor_msgs.msg import Image
 
-from tests.ros_helpers import Probe, image_msg, latest_diagnostics, mask_array, stop_node, wait_until
+from tests.ros_helpers import (
+    Probe,
+    image_msg,
+    interrupt_when_logged,
+    latest_diagnostics,
+    mask_array,
+    stop_node,
+    wait_until,
+)
 from tests.ros_processes import TIMEOUT_S, start_node
 
 pytestmark = pytest.mark.ros
@@ -489,16 +497,7 @@ def test_an_interrupt_while_the_model_loads_ends_the_node_within_2_s(ros_context
     log = tmp_path / "node.log"
     proc = start_node(FAKE_NODE, ["--load-delay", "30", "--ros-args", "-r", "__ns:=/loading",
                                   "-p", "autostart:=true", "-p", "vocabulary:=[red]"], log)
-    try:
-        wait_until(lambda: "Loading the model" in log.read_text(), TIMEOUT_S, "the model's load to start")
-        time.sleep(0.5)
-        sent = time.monotonic()
-        os.killpg(proc.pid, sig)
-        code = proc.wait(TIMEOUT_S)
-        took = time.monotonic() - sent
-    finally:
-        stop_node(proc)
-        print(log.read_text())
+    code, took = interrupt_when_logged(proc, log, "Loading the model", sig)
     text = log.read_text()
     assert code == 0 and took < 2.0, (code, took)
     assert "Active" not in text and "Configured" not in text

@@ -37,7 +37,7 @@ CACHE_ENV = "SYNSEG_MODEL_CACHE"
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
 HUB_PROBE_TIMEOUT_S = 3.0
 HUB_PROBE_TTL_S = 60.0
-_probe: list = []           # [monotonic time, why the Hub was unreachable then or None]
+_last_probe: tuple[float, str | None] | None = None     # (monotonic time, why the Hub was unreachable or None)
 _BUNDLED = Path(__file__).resolve().parents[1] / "weights"
 
 
@@ -198,11 +198,12 @@ def _unreachable_hub() -> str | None:
     """
     from huggingface_hub import constants
 
+    global _last_probe
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE=1"
     now = time.monotonic()
-    if _probe and now - _probe[0] < HUB_PROBE_TTL_S:
-        return _probe[1]
+    if _last_probe is not None and now - _last_probe[0] < HUB_PROBE_TTL_S:
+        return _last_probe[1]
     endpoint = urlsplit(constants.ENDPOINT)
     try:
         socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
@@ -210,7 +211,7 @@ def _unreachable_hub() -> str | None:
         why = None
     except OSError as exc:
         why = f"no connection to the Hub ({endpoint.hostname}: {exc.strerror or exc})"
-    _probe[:] = [now, why]
+    _last_probe = (now, why)
     return why
 
 
