@@ -35,15 +35,16 @@ JAZZY_MESSAGES_STAMP := $(JAZZY_MESSAGES)/.installed
 FASTDDS := FASTDDS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds_loopback.xml
 SANDBOX := scripts/sandbox
 
-.PHONY: setup lint test test-fast demo shapes shapes-table clean
+.PHONY: setup lint test test-kilted-ros test-rest test-fast demo shapes shapes-table clean
 
 setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(ROS2CLI_STAMP) $(JAZZY_MESSAGES_STAMP))
 
-# Re-installs only when the pins or the package metadata change.
+# Re-installs only when the pins or the package metadata change. --no-compile: Python compiles a module when it
+# is first imported, and most of torch's 17,000 files never are (compiling them all took 90 s of CPU here).
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -56,7 +57,7 @@ $(ROS_STAMP): $(STAMP) $(ROS_PACKAGE)
 $(JAZZY_STAMP): requirements-jazzy.txt requirements.txt $(STAMP)
 	test -x $(JAZZY_PY) || python3 -m venv $(JAZZY_VENV)
 	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/constraints.txt
-	$(JAZZY_PY) -m pip install --quiet -r requirements-jazzy.txt -c $(JAZZY_VENV)/constraints.txt
+	$(JAZZY_PY) -m pip install --quiet --no-compile -r requirements-jazzy.txt -c $(JAZZY_VENV)/constraints.txt
 	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
 		> "$$($(JAZZY_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/synseg_model_deps.pth"
 	touch $@
@@ -83,9 +84,19 @@ $(JAZZY_MESSAGES_STAMP): $(JAZZY_ROS_STAMP) $(wildcard $(ROS2CLI)/wheels/message
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Every test on Kilted, then the ROS tests again on Jazzy.
-test: setup
-	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests
+# Every test on Kilted, then the ROS tests again on Jazzy, in two lanes at once: Kilted's ROS tests (marker
+# `ros`: they spend much of their time waiting on processes and messages) beside the rest of Kilted's tests
+# (models, training, evaluation: a busy core), then Jazzy's. Each lane's output is printed whole when it ends
+# (--output-sync). The two distributions' set-ups build side by side too.
+test:
+	$(MAKE) --no-print-directory -j2 setup
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-kilted-ros test-rest
+
+test-kilted-ros: setup
+	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests -m ros
+
+test-rest: setup
+	$(ROS_LIBS) $(SANDBOX) $(PY) -m pytest tests -m "not ros"
 	$(JAZZY_ENV) $(SANDBOX) $(JAZZY_PY) -m pytest $(ROS_TESTS)
 
 # The same without the tests marked slow (pytest.ini: over 10 s on the development machine): whole pipelines,

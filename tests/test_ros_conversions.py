@@ -203,8 +203,11 @@ def test_fake_segmenter_activation_is_the_colour_channel():
 
 
 def test_processes_wait_stop_and_report_exits(tmp_path):
-    sleeper = processes.start([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
-                              tmp_path / "sleeper.log")
+    # SIGINT's default handler set explicitly: a shell's background job (`make test &`) starts with SIGINT
+    # ignored, which its children inherit, and the sleeper would then wait out the stop's timeout.
+    sleeper = processes.start([sys.executable, "-c", "import signal, time; "
+                               "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                               "print('up', flush=True); time.sleep(60)"], tmp_path / "sleeper.log")
     processes.wait_until(lambda: "up" in (tmp_path / "sleeper.log").read_text(), 10, "the sleeper")
     assert processes.stop(sleeper) != 0 and sleeper.poll() is not None        # SIGINT ended it
     quitter = processes.start([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "quitter.log")
