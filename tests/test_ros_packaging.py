@@ -8,10 +8,18 @@ and runs the workspace's executables.
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
 
 from tests.ros_processes import REPO_ROOT
+
+# The distribution's own Python, which PEP 668 marks as managed by apt on Debian 12 and Ubuntu 24.04.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 # Keys of ROS's rosdep database (rosdistro: rosdep/base.yaml, rosdep/python.yaml) for the model's packages.
 # Packages without a key here are pip-installed by the README's line.
@@ -79,3 +87,50 @@ def test_the_executables_run_with_the_python_on_path():
     """`ros2 run` and `ros2 launch` start these files: with the venv activated, its python runs them."""
     for name in ("synseg_node", "image_folder_publisher", "segment_bag"):
         assert (REPO_ROOT / "scripts" / name).read_text().splitlines()[0] == "#!/usr/bin/env python3", name
+
+
+def system_python_refusal() -> str:
+    """Why the README's PEP 668 path cannot be run here, or "" when the system's Python is externally managed."""
+    if not SYSTEM_PYTHON.exists():
+        return f"{SYSTEM_PYTHON} does not exist"
+    stdlib = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    if not (Path(stdlib) / "EXTERNALLY-MANAGED").exists():
+        return f"{SYSTEM_PYTHON} is not marked externally managed (PEP 668): the case the path is for is not here"
+    if subprocess.run([str(SYSTEM_PYTHON), "-m", "pip", "--version"], capture_output=True).returncode != 0:
+        return f"{SYSTEM_PYTHON} has no pip"
+    return ""
+
+
+@pytest.mark.slow
+def test_the_readme_venv_installs_the_pip_line_where_the_system_python_refuses(tmp_path):
+    """The README's venv and pip lines, run for real on this Debian 12 machine (its own /usr/bin/python3):
+    the system's pip refuses, the venv's pip resolves every package of the line (``--dry-run --no-deps``:
+    nothing is downloaded beyond the index's answers) and the venv sees the system's packages. The lines that
+    need an apt-installed ROS 2 (its setup.bash, rosdep, colcon) are not run: this machine has none."""
+    if why := system_python_refusal():
+        pytest.skip(why)
+    refused = subprocess.run([str(SYSTEM_PYTHON), "-m", "pip", "install", "--dry-run", "--no-deps", "tqdm"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr
+
+    commands = [line.replace("~/ros2_ws", str(tmp_path)) for line in workspace_commands()]
+    venv_line = next(line for line in commands if " -m venv " in line)
+    pip_line = next(line for line in commands if line.startswith("pip install "))
+    report = tmp_path / "report.json"
+    script = (f"set -e; {venv_line.replace('python3 ', f'{SYSTEM_PYTHON} ', 1)}; "
+              f"source {tmp_path}/venv/bin/activate; "
+              f"{pip_line} --dry-run --no-deps --quiet --report {report}; "
+              "python -c 'import json, sys; print(json.dumps(sys.path))'")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "venv" / "COLCON_IGNORE").exists()
+    resolved = {item["metadata"]["name"].lower().replace("_", "-")
+                for item in json.loads(report.read_text())["install"]}
+    assert resolved == {name.replace("_", "-") for name in readme_pip_line()}
+    system_sites = json.loads(subprocess.run([str(SYSTEM_PYTHON), "-c", "import json, site; "
+                                              "print(json.dumps(site.getsitepackages()))"],
+                                             capture_output=True, text=True, check=True).stdout)
+    venv_path = json.loads(done.stdout.splitlines()[-1])
+    assert [site for site in system_sites if Path(site).is_dir()] == \
+        [site for site in venv_path if site in system_sites]         # ROS and apt's packages are seen
