@@ -11,15 +11,16 @@ the operator: it sets a new vocabulary every 2 s, deactivates and activates the 
 up and configures it again every 5 minutes. Every row (a minute by default) prints the frames sent, what the
 node says it received, processed, dropped by design (a newer frame came), lost in the middleware and rejected,
 the masks messages that
-arrived here, the node's resident memory, open file descriptors and threads, and the latency from a frame's
-stamp to its masks arriving here (p50, p99).
+arrived here, the node's resident memory and its anonymous part (what the node allocated; the rest is mostly
+the shared libraries' pages, which the kernel reads in and drops as other processes need the memory), open
+file descriptors and threads, and the latency from a frame's stamp to its masks arriving here (p50, p99).
 
 At the end it checks the goals and exits 1 if one is missed: the node never crashed and logged no error; its
-memory (the median of the rows of a window: 10 minutes, or a quarter of a shorter run) grew by at most 20 MB
-from the window after the settling time (the first 5 minutes, or the first half of a shorter run) to the last
-window; descriptors and threads stayed within 2 of their value after the settling time; and the p99 latency of
-the last window is within 20% of the first window's. --every shortens the operator's
-cycles for a short run.
+resident memory and its anonymous memory (each the median of the rows of a window: 10 minutes, or a quarter of
+a shorter run) grew by at most 20 MB from the window after the settling time (the first 5 minutes, or the first
+half of a shorter run) to the last window; descriptors and threads stayed within 2 of their value after the
+settling time; and the p99 latency of the last window is within 20% of the first window's. --every shortens the
+operator's cycles for a short run.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ sys.path[:0] = PYTHON_DIRS
 os.environ["PYTHONPATH"] = os.pathsep.join(PYTHON_DIRS + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 from synseg_ros.middleware import profile_variable  # noqa: E402 - after the path above
-from synseg_ros.processes import start_module, stop, wait_until  # noqa: E402
+from synseg_ros.processes import start, start_module, stop, wait_until  # noqa: E402
 
 os.environ.setdefault(profile_variable(), str(ROOT / "config" / "fastdds_loopback.xml"))
 
@@ -71,6 +72,7 @@ class Row:
     rejected: int
     masks: int
     rss_mb: float
+    anon_mb: float
     fds: int
     threads: int
     p50_ms: float
@@ -78,11 +80,16 @@ class Row:
     errors: int
 
 
-def process_figures(pid: int) -> tuple[float, int, int]:
-    """Resident memory (MB), open file descriptors and threads of process ``pid``."""
+def process_figures(pid: int) -> tuple[float, float, int, int]:
+    """Resident memory and its anonymous part (MB), open file descriptors and threads of process ``pid``.
+
+    The anonymous part is what the process allocated (heap, arenas, buffers): a leak grows it. The rest of the
+    resident memory is mostly the shared libraries' pages (torch's alone are hundreds of MB), which the kernel
+    reads in and drops as the machine's other work needs the memory: tens of MB either way within a minute.
+    """
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    rss_mb = int(status["VmRSS"].split()[0]) / 1024
-    return rss_mb, len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"])
+    rss_mb, anon_mb = (int(status[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon"))
+    return rss_mb, anon_mb, len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"])
 
 
 def error_lines(log: Path) -> list[str]:
@@ -227,14 +234,15 @@ def check(rows: list[Row], latencies: list[np.ndarray], minutes: float, crashed:
     missed += [f"operator call failed: {line}" for line in failures[:5]]
     settle, window = min(5.0, minutes / 2), min(10.0, minutes / 4)
     settled = [row for row in rows if row.minute > settle]
-    after = [row.rss_mb for row in settled if row.minute <= settle + window]
-    last = [row.rss_mb for row in rows if row.minute > minutes - window]
-    if after and last:
-        # Medians of two windows: a row can catch a reload half-way (tens of MB for a moment); growth persists.
-        growth = float(np.median(last) - np.median(after))
-        if growth > MEMORY_GROWTH_MB:
-            missed.append(f"memory grew by {growth:.1f} MB from the {window:g} min after {settle:g} min to the last "
-                          f"{window:g} min (medians; at most {MEMORY_GROWTH_MB:g})")
+    for field, what in (("rss_mb", "resident"), ("anon_mb", "anonymous")):
+        after = [getattr(row, field) for row in settled if row.minute <= settle + window]
+        last = [getattr(row, field) for row in rows if row.minute > minutes - window]
+        if after and last:
+            # Medians of two windows: a row can catch a reload half-way (tens of MB for a moment); growth persists.
+            growth = float(np.median(last) - np.median(after))
+            if growth > MEMORY_GROWTH_MB:
+                missed.append(f"memory ({what}) grew by {growth:.1f} MB from the {window:g} min after {settle:g} "
+                              f"min to the last {window:g} min (medians; at most {MEMORY_GROWTH_MB:g})")
     if settled:
         for name in ("fds", "threads"):
             values = [getattr(row, name) for row in settled]
@@ -257,7 +265,9 @@ def soak(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 "-p", f"vocabulary:=[{', '.join(VOCABULARIES[0])}]", "-p", "diagnostics_period:=1.0"]
     if args.checkpoint:
         ros_args += ["-p", f"checkpoint:={args.checkpoint}"]
-    node = start_module("synseg_ros.fake_node" if args.fake else "synseg_ros.node", ros_args, args.log, cwd=ROOT)
+    # The real node as `ros2 run` starts it: its executable sets the allocator up before any thread exists.
+    node = (start_module("synseg_ros.fake_node", ros_args, args.log, cwd=ROOT) if args.fake else
+            start([sys.executable, str(ROOT / "scripts" / "synseg_node"), *ros_args], args.log, cwd=ROOT))
     operator = Operator(args.rate)
     rows: list[Row] = []
     latencies: list[np.ndarray] = []
@@ -265,33 +275,33 @@ def soak(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     try:
         wait_until(lambda: operator.image_pub.get_subscription_count() and operator.counters, STARTUP_TIMEOUT_S,
                    f"the node to be active (log: {args.log})", procs=[node])
-        start = time.monotonic()
-        stop_at = start + args.minutes * 60
+        began = time.monotonic()
+        stop_at = began + args.minutes * 60
         workers = [threading.Thread(target=operator.camera, args=(stop_at,), daemon=True),
                    threading.Thread(target=operator.operate, args=(stop_at, args.every), daemon=True)]
         for worker in workers:
             worker.start()
         header = (f"{'min':>5} {'sent':>7} {'recv':>7} {'proc':>6} {'drop':>6} {'lost':>5} {'rej':>5} {'masks':>6} "
-                  f"{'RSS MB':>7} {'fds':>4} {'thr':>4} {'p50 ms':>7} {'p99 ms':>7} {'err':>4}")
+                  f"{'RSS MB':>7} {'anon MB':>7} {'fds':>4} {'thr':>4} {'p50 ms':>7} {'p99 ms':>7} {'err':>4}")
         print(header, flush=True)
         for n in range(1, int(args.minutes * 60 / args.row_seconds) + 1):
-            time.sleep(max(0.0, start + n * args.row_seconds - time.monotonic()))
+            time.sleep(max(0.0, began + n * args.row_seconds - time.monotonic()))
             if node.poll() is not None:
                 crashed = f"the node exited with code {node.returncode} at {n * args.row_seconds / 60:.1f} min"
                 break
             sent, masks, seconds, counters = operator.take()
-            rss, fds, threads = process_figures(node.pid)
+            rss, anon, fds, threads = process_figures(node.pid)
             ms = np.array(seconds) * 1e3 if seconds else np.array([np.nan])
             latencies.append(ms)
             counts = [int(counters.get(name, 0))
                       for name in ("received", "processed", "dropped", "input_frames_lost", "rejected")]
-            row = Row(round(n * args.row_seconds / 60, 2), sent, *counts, masks, round(rss, 1), fds, threads,
-                      round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 99)), 1),
+            row = Row(round(n * args.row_seconds / 60, 2), sent, *counts, masks, round(rss, 1), round(anon, 1),
+                      fds, threads, round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 99)), 1),
                       len(error_lines(args.log)))
             rows.append(row)
             print(f"{row.minute:5.2f} {row.sent:7d} {row.received:7d} {row.processed:6d} {row.dropped:6d} "
-                  f"{row.lost:5d} {row.rejected:5d} {row.masks:6d} {row.rss_mb:7.1f} {row.fds:4d} {row.threads:4d} "
-                  f"{row.p50_ms:7.1f} {row.p99_ms:7.1f} {row.errors:4d}", flush=True)
+                  f"{row.lost:5d} {row.rejected:5d} {row.masks:6d} {row.rss_mb:7.1f} {row.anon_mb:7.1f} {row.fds:4d} "
+                  f"{row.threads:4d} {row.p50_ms:7.1f} {row.p99_ms:7.1f} {row.errors:4d}", flush=True)
         for worker in workers:
             worker.join(timeout=CALL_TIMEOUT_S * 4)
     finally:

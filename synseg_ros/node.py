@@ -18,7 +18,6 @@ callbacks), ``image_input`` (the subscription and its QoS events), ``worker`` (t
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import signal
@@ -41,6 +40,7 @@ from rclpy.utilities import remove_ros_args
 from synseg_ros import params
 from synseg_ros.diagnostics import DiagnosticsPublisher, NodeReport
 from synseg_ros.image_input import ImageInput
+from synseg_ros.memory import configure_malloc, return_freed_memory
 from synseg_ros.outputs import SegmentationOutputs
 from synseg_ros.segmenter import Segmenter, SegmenterFactory, labels_off_card, load_segmenter, mask_rule_values
 from synseg_ros.stats import FrameStats
@@ -50,6 +50,8 @@ STATS_WINDOW_S = 5.0
 # How long a signal waits for a transition in progress (a model that loads, downloads or warms up) before the
 # process ends without it: the node is gone within 2 s of Ctrl-C whatever it was doing.
 INTERRUPT_GRACE_S = 1.0
+# How often the main thread gives the memory freed meanwhile back to the kernel (synseg_ros.memory).
+RETURN_MEMORY_EVERY_S = 60.0
 WARMUP_FRAME = (480, 640, 3)        # one camera-sized frame through the model at configure
 # The shutdown transition's reply is sent after its callback returns; the process ends this long after, so that
 # the caller (`ros2 lifecycle set`) gets it instead of waiting forever for a reply that died with the process.
@@ -325,43 +327,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog="parameters:\n" + "\n".join(lines))
 
 
-def _libc() -> ctypes.CDLL | None:
-    """glibc, or None where the C library is another (the memory tuning below is then a no-op)."""
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def configure_malloc() -> None:
-    """Tune glibc's allocator for a node that allocates frame-sized buffers and reloads models for hours.
-
-    Every frame allocates and frees buffers of megabytes (the image, the masks, their messages). By default
-    glibc serves them with mmap and unmaps them on free, so the next frame page-faults its memory back in,
-    which costs milliseconds per frame: freed memory is kept instead (ROS 2's real-time guidance sets the same
-    two options). And glibc gives each thread that allocates its own arena: a model loaded by one executor
-    thread and reloaded by another leaves its freed memory in an arena that nothing reuses, and the process grew
-    by tens of MB with every cleanup/configure cycle (scripts/soak.py); one arena keeps it flat.
-    """
-    libc = _libc()
-    if libc is None:
-        return
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8     # from glibc's malloc.h
-    libc.mallopt(m_mmap_threshold, 32 << 20)         # the largest value glibc accepts: 32 MB
-    libc.mallopt(m_trim_threshold, 512 << 20)
-    libc.mallopt(m_arena_max, 1)
-
-
-def return_freed_memory() -> None:
-    """Give the memory of a released model back to the kernel (glibc's malloc_trim, every arena).
-
-    Kept by ``configure_malloc``'s trim threshold, a released model's memory would stay with the process.
-    """
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
 def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory = load_segmenter) -> int:
     """Run the node until SIGINT, SIGTERM or its shutdown transition; returns the process exit code.
 
@@ -401,8 +366,11 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor, done), name="synseg-executor", daemon=True)
         spinner.start()
+        returned = time.monotonic()
         while not done.wait(timeout=1.0):
-            pass
+            if time.monotonic() - returned >= RETURN_MEMORY_EVERY_S:
+                return_freed_memory()
+                returned = time.monotonic()
         node.stopping = True
         deadline = time.monotonic() + INTERRUPT_GRACE_S
         while node.busy() and time.monotonic() < deadline:
