@@ -30,6 +30,7 @@ ROS2CLI_SOURCE = REPO_ROOT.parent / "shared" / "ros2cli"
 ROS2CLI_SETUP = REPO_ROOT / "build" / "ros2cli" / "install" / "local_setup.bash"
 ROS2 = Path(sys.executable).parent / "ros2"
 TIMEOUT_S = 10.0            # every wait for discovery, a message or a command
+MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 # The Fast DDS profile with a shared-memory segment large enough for camera frames, and the variable naming it.
 FASTDDS_PROFILE = str(REPO_ROOT / "config" / "fastdds_loopback.xml")
 FASTDDS_PROFILE_VARIABLE = middleware.profile_variable()

@@ -20,6 +20,7 @@ from synseg_model import default_checkpoint_path
 from tests.ros_helpers import interrupt_when_logged, stop_node, wait_until
 from tests.ros_processes import (
     FASTDDS_PROFILE_VARIABLE,
+    MODEL_STARTUP_S,
     REPO_ROOT,
     ROS_INSTALL,
     ros2_missing,
@@ -31,7 +32,6 @@ from tests.ros_processes import (
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
 ARGUMENTS = {"image_topic", "params_file", "checkpoint", "device", "namespace", "autostart", "image_transport",
              "use_depth", "depth_topic", "camera_info_topic", "fastdds_profile", "camera_folder"}
-MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 needs_ros2 = pytest.mark.skipif(ros2_missing() is not None, reason=str(ros2_missing()))
 
 

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from synseg_model import default_checkpoint_path
 from tests.ros_helpers import Probe, image_msg, mask_array, stop_node
-from tests.ros_processes import start_node
+from tests.ros_processes import MODEL_STARTUP_S, start_node
 
 pytestmark = pytest.mark.ros
 
@@ -38,7 +38,6 @@ MARGIN = 0.1
 MEASURED_ABSENT = 0.020
 MAX_ABSENT = MEASURED_ABSENT + 0.05
 MIN_GAIN_OVER_WHOLE_IMAGE = 0.1
-MODEL_STARTUP_S = 90.0      # torch import and model load on a busy 2-core machine
 
 
 @pytest.mark.slow
