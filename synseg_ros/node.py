@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
     except RuntimeError as exc:       # rclpy's RCLError: a --params-file that cannot be read, bad --ros-args
         print(f"[FATAL] [synseg]: {str(exc).split(', at ')[0]}", file=sys.stderr)
         return 1
-    configure_malloc()
+    configure_malloc()      # again for `python -m synseg_ros.node`; its arena limit holds only from the executable
     # rclpy's own handlers would shut the context down the moment a signal arrives, under a worker that is
     # still publishing; here a signal only asks the main thread to stop the node in order, and a second one
     # (launch and `timeout` send SIGINT to the whole process group) changes nothing.

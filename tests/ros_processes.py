@@ -47,6 +47,12 @@ def start_node(module: str, args: Sequence[str], log_path: Path) -> subprocess.P
     return processes.start_module(module, args, log_path, env=child_env(), cwd=REPO_ROOT)
 
 
+def start_executable(args: Sequence[str], log_path: Path) -> subprocess.Popen:
+    """The ``synseg_node`` executable (what ``ros2 run`` starts) with ``args``, output to ``log_path``."""
+    return processes.start([sys.executable, str(REPO_ROOT / "scripts" / "synseg_node"), *args], log_path,
+                           env=child_env(), cwd=REPO_ROOT)
+
+
 def ros2_missing() -> str | None:
     """Why the `ros2` command line cannot be used here, or None."""
     if not ROS2CLI_SOURCE.is_dir():

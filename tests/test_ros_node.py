@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.ros_helpers import (
     stop_node,
     wait_until,
 )
-from tests.ros_processes import MODEL_STARTUP_S, TIMEOUT_S, start_node
+from tests.ros_processes import MODEL_STARTUP_S, TIMEOUT_S, start_executable, start_node
 
 pytestmark = pytest.mark.ros
 
@@ -475,12 +474,8 @@ def test_ctrl_c_while_the_node_imports_rclpy_exits_0_without_a_traceback(ros_con
     """The first second of `ros2 run synseg_ros synseg_node` imports rclpy and numpy, before the node's own
     handlers exist: Python's default turned Ctrl-C there into a KeyboardInterrupt traceback. (The interpreter's
     own start-up, before the script's first line, is Python's: no script can take Ctrl-C there.)"""
-    from synseg_ros import processes
-    from tests.ros_processes import REPO_ROOT, child_env
-
     log = tmp_path / "node.log"
-    proc = processes.start([sys.executable, str(REPO_ROOT / "scripts" / "synseg_node")], log, env=child_env(),
-                           cwd=REPO_ROOT)
+    proc = start_executable([], log)
     maps = Path(f"/proc/{proc.pid}/maps")
     wait_until(lambda: "librcl.so" in maps.read_text(), TIMEOUT_S, "rclpy's libraries to load")
     os.killpg(proc.pid, signal.SIGINT)        # rclpy is being imported: the node's handlers are not there yet
@@ -553,15 +548,11 @@ def test_the_executable_gives_the_node_one_malloc_arena(ros_context, tmp_path):
     """glibc gives each thread that allocates an arena of its own, and freed memory stays in it: over an hour the
     node grew by 50 MB. The limit of one arena holds only if set before a second thread allocates, which importing
     numpy and rclpy does: set after them, the active node had 4 extra arena heaps (5 started as a module)."""
-    from synseg_ros import processes
-    from tests.ros_processes import REPO_ROOT, child_env
-
     log = tmp_path / "node.log"
-    proc = processes.start([sys.executable, str(REPO_ROOT / "scripts" / "synseg_node"), "--ros-args", "-r",
-                            "__ns:=/arenas", "-p", "autostart:=true", "-p", "vocabulary:=[circle, square]"], log,
-                           env=child_env(), cwd=REPO_ROOT)
+    proc = start_executable(["--ros-args", "-r", "__ns:=/arenas", "-p", "autostart:=true",
+                             "-p", "vocabulary:=[circle, square]"], log)
     try:
         wait_until(lambda: "Active" in log.read_text(), MODEL_STARTUP_S, "the node to be active", procs=[proc])
         assert glibc_arena_heaps(proc.pid) == 0
     finally:
-        processes.stop(proc)
+        stop_node(proc)
