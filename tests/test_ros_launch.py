@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -86,6 +87,21 @@ def param_set(node: str, name: str, value: str) -> str:
 
 def lifecycle(verb: str, node: str, *args: str, attempts: int = 3) -> str:
     return run_ros2("lifecycle", verb, node, *args, attempts=attempts).stdout
+
+
+def wait_until_active(node: str, launch) -> None:
+    """Until ``node`` says it is active.
+
+    rclpy serves the lifecycle services in the callback group that runs the transitions, so the node answers
+    `ros2 lifecycle get` only between transitions: on a busy machine one call can wait out the whole model load.
+    """
+    def active() -> bool:
+        try:
+            return run_ros2("lifecycle", "get", node, attempts=1, timeout=MODEL_STARTUP_S).stdout.startswith("active")
+        except subprocess.TimeoutExpired:
+            return False
+
+    wait_until(active, MODEL_STARTUP_S, f"{node} to be active", procs=[launch])
 
 
 def wait_for_node(node: str, launch, timeout: float) -> None:
@@ -299,8 +315,7 @@ def test_launch_defaults_run_the_default_model_on_a_camera_with_frames_over_512_
     launch = start_ros2(["launch", "synseg_ros", "segment.launch.py", "image_topic:=/front/image", "device:=cpu",
                          f"camera_folder:={folder}"], log, env_without=FASTDDS_PROFILE_VARIABLE)
     try:
-        wait_until(lambda: lifecycle("get", "/synseg", attempts=1).startswith("active"), MODEL_STARTUP_S,
-                   "the node to be active", procs=[launch])
+        wait_until_active("/synseg", launch)
         out = run_ros2("topic", "info", "/front/image")
         assert "Subscription count: 1" in out.stdout, out.stdout
         out = run_ros2("topic", "echo", "--once", "--field", "header.frame_id", "/synseg/masks", timeout=60.0)
@@ -326,8 +341,7 @@ def test_depth_and_compressed_arguments_subscribe_where_they_say(tmp_path):
                          "image_transport:=compressed", "use_depth:=true", "depth_topic:=/cam/aligned_depth/image_raw",
                          "camera_info_topic:=/cam/aligned_depth/camera_info", "device:=cpu"], log)
     try:
-        wait_until(lambda: lifecycle("get", "/synseg", attempts=1).startswith("active"), MODEL_STARTUP_S,
-                   "the node to be active", procs=[launch])
+        wait_until_active("/synseg", launch)
         values = parameters("/synseg")
         assert (values["use_depth"], values["image_transport"]) == (True, "compressed")
         for topic in ("/cam/color/image_raw/compressed", "/cam/aligned_depth/image_raw",
