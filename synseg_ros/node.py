@@ -37,6 +37,7 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 
+from synseg_model.masks import MaskRule
 from synseg_ros import params
 from synseg_ros.diagnostics import DiagnosticsPublisher, NodeReport
 from synseg_ros.image_input import ImageInput
@@ -94,7 +95,7 @@ class SynSegNode(LifecycleNode):
 
         try:
             self._params = params.NodeParameters(self, self.state, self._encode_vocabulary,
-                                                 self._apply_parameters)
+                                                 self._apply_parameters, self._model_rule_values)
             self._params.check_start_up()
         except ValueError as exc:
             self.get_logger().fatal(f"Invalid start-up parameters: {exc}")
@@ -184,6 +185,7 @@ class SynSegNode(LifecycleNode):
                               f"backend={settings['backend']}, precision={settings['precision']}): "
                               f"{type(exc).__name__}: {exc}")
         self._segmenter = segmenter
+        self._params.show_model_values()
         self._outputs = SegmentationOutputs(self, settings)
         self._last_error = ""
         self.get_logger().info(
@@ -252,6 +254,7 @@ class SynSegNode(LifecycleNode):
             self._outputs.destroy()
             self._outputs = None
         self._segmenter = None
+        self._params.forget_model_values()
         gc.collect()
         return_freed_memory()
         torch = sys.modules.get("torch")    # loaded only by a real model; give its GPU memory back too
@@ -286,6 +289,13 @@ class SynSegNode(LifecycleNode):
                     f"Label {label!r} is not one of the {len(classes)} classes this model knows "
                     f"({', '.join(classes)}): its masks mean little. A model that reads any word: "
                     f"checkpoint:=clipseg-rd64-refined (docs/runtime.md, models by name)")
+
+    def _model_rule_values(self) -> dict[str, float]:
+        """The loaded model's own thresholds (its card's rule), by parameter name; empty with no model."""
+        if self._segmenter is None:
+            return {}
+        rule = MaskRule.from_card(self._segmenter.model_card)
+        return {"threshold": rule.threshold, "presence_threshold": rule.presence_threshold}
 
     def _apply_parameters(self, names: set[str]) -> None:
         if names & {"threshold", "presence_threshold"} and self._segmenter is not None:

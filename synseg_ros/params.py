@@ -89,12 +89,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("prompt_templates", None,
               "Prompt templates with {} for the label, averaged per label (unset: the model's own templates)."),
     ParamSpec("threshold", -1.0, "Activation above which a pixel is in a present label's mask; negative: the "
-              "model's own (its card's calibrated mask_rule; 0.5 for a model without one).",
+              "model's own (its card's calibrated mask_rule; 0.5 for a model without one), which the parameter "
+              "then shows while the model is loaded (-1 again after cleanup).",
               float_range=(-1.0, 1.0)),
     ParamSpec("presence_threshold", -1.0,
               "Presence score (the mean of a label's highest 1% of activations) a label needs to get a mask at all; "
               "below it the mask is empty. Negative: the model's own (its card's; 0, every label present, for a "
-              "model without one).", float_range=(-1.0, 1.0)),
+              "model without one), shown as for threshold.", float_range=(-1.0, 1.0)),
     ParamSpec("checkpoint", "", "The model: a name (python -m synseg_model.pretrained list, e.g. "
               "clipseg-rd64-refined), hf-hub:ORG/REPO[@REVISION] or a .safetensors file; empty: the offline "
               "default model.", changes=UNCONFIGURED),
@@ -333,14 +334,20 @@ class NodeParameters:
         on_vocabulary: encodes a new vocabulary before the set succeeds (``VocabularyHook``); raising refuses
             the set with the exception's message.
         on_applied: called with the names of the parameters a successful set changed.
+        model_values: the loaded model's own values of the parameters whose negative value means "the model's
+            own" (its thresholds), by name; empty while no model is loaded.
     """
 
     def __init__(self, node: Node, state: Callable[[], str], on_vocabulary: VocabularyHook,
-                 on_applied: Callable[[set[str]], None]) -> None:
+                 on_applied: Callable[[set[str]], None],
+                 model_values: Callable[[], Mapping[str, float]] = dict) -> None:
         self._node = node
         self._state = state
         self._on_vocabulary = on_vocabulary
         self._on_applied = on_applied
+        self._model_values = model_values
+        self.shown: set[str] = set()        # parameters showing the loaded model's own value, not one a user set
+        self._showing: set[str] = set()     # those the set in progress fills in
         declare_parameters(node)
         # Replaced (never mutated) on every change: a reader on another thread sees a consistent snapshot.
         self.settings: dict[str, Any] = {spec.name: self._value(spec.name) for spec in PARAMETERS}
@@ -378,8 +385,31 @@ class NodeParameters:
             if value is not None:
                 validate(name, value, self.settings)
 
+    def show_model_values(self) -> None:
+        """Fill the parameters that ask for the loaded model's own value (negative) with it, so that
+        `ros2 param get` shows what is in force."""
+        self._set_all([name for name in self._model_values() if self.settings[name] < 0])
+
+    def forget_model_values(self) -> None:
+        """Back to -1 ("the model's own") where a parameter showed the released model's value."""
+        self._set_all(sorted(self.shown))
+
+    def _set_all(self, names: list[str]) -> None:
+        from rclpy.parameter import Parameter
+
+        results = self._node.set_parameters([Parameter(name, value=-1.0) for name in names])
+        failed = [f"{name}: {result.reason}" for name, result in zip(names, results) if not result.successful]
+        if failed:
+            raise ValueError("; ".join(failed))
+
     def _coerce(self, parameters: list[Parameter]) -> list[Parameter]:
-        return [coerce(p) for p in parameters]
+        """Types first; then a negative threshold becomes the loaded model's own value."""
+        from rclpy.parameter import Parameter
+
+        own = self._model_values()
+        coerced = [coerce(p) for p in parameters]
+        self._showing = {p.name for p in coerced if p.name in own and p.value is not None and p.value < 0}
+        return [Parameter(p.name, value=own[p.name]) if p.name in self._showing else p for p in coerced]
 
     def _check(self, parameters: list[Parameter]) -> SetParametersResult:
         """The one validating callback: rejects with a reason, or encodes a new vocabulary."""
@@ -402,5 +432,7 @@ class NodeParameters:
         return SetParametersResult(successful=True)
 
     def _apply(self, parameters: list[Parameter]) -> None:
+        names = {p.name for p in parameters}
+        self.shown = (self.shown - names) | (self._showing & names)
         self.settings = {**self.settings, **{p.name: p.value for p in parameters}}
         self._on_applied({p.name for p in parameters})

@@ -133,6 +133,25 @@ def test_a_label_under_the_presence_threshold_gets_an_empty_mask(fake_node):
         assert probe.set_parameter("presence_threshold", -1.0).successful
 
 
+def test_the_threshold_parameters_show_the_rule_in_force(fake_node):
+    """Negative means "the model's own": once a model is loaded `ros2 param get` shows that value (the fake's
+    plain rule: 0.5, presence 0), also after a set to -1; at cleanup a shown value goes back to -1 (the next
+    model may have another) while a value the user set stays."""
+    proc, probe = fake_node
+    assert (probe.get_parameter("threshold"), probe.get_parameter("presence_threshold")) == (0.5, 0.0)
+    assert probe.set_parameter("threshold", -1.0).successful
+    assert probe.get_parameter("threshold") == 0.5
+    assert probe.set_parameter("presence_threshold", 0.3).successful
+    try:
+        assert probe.change_state("deactivate") and probe.change_state("cleanup")
+        assert (probe.get_parameter("threshold"), probe.get_parameter("presence_threshold")) == (-1.0, 0.3)
+        assert probe.change_state("configure") and probe.change_state("activate")
+        assert (probe.get_parameter("threshold"), probe.get_parameter("presence_threshold")) == (0.5, 0.3)
+    finally:
+        assert probe.set_parameter("presence_threshold", -1.0).successful
+    assert probe.get_parameter("presence_threshold") == 0.0
+
+
 def test_vocabulary_change_from_another_process(fake_node):
     proc, probe = fake_node
     result = probe.set_parameter("vocabulary", ["tomato", "leaf"])
