@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,24 @@ def image_to_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) * 255 for v in (mean, std))
     return (x - mean) / std
+
+
+def probabilities_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) logits -> (K, H, W) float32 sigmoid(logits) resized to ``size`` = (H, W), bilinear with
+    half-pixel centres (``F.interpolate``'s ``align_corners=False``).
+
+    On the CPU each map is resized by OpenCV, about ten times faster than torch's bilinear kernel for 11 maps
+    of 64 x 64 to 640 x 480 (1 ms against 8-13 ms), and the sigmoid is taken in place.
+    """
+    if logits.device.type != "cpu":
+        up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+        return torch.sigmoid(up).cpu().numpy()
+    maps = logits.float().contiguous().numpy()
+    out = np.empty((maps.shape[0], *size), np.float32)
+    for source, target in zip(maps, out):
+        cv2.resize(source, size[::-1], dst=target, interpolation=cv2.INTER_LINEAR)
+    torch.sigmoid_(torch.from_numpy(out))
+    return out
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -182,7 +201,6 @@ class Segmenter:
         # Presence at the model's resolution: the same score whatever the camera's size.
         scores = rule.presence(torch.sigmoid(logits[0]))
         present = rule.present(scores).cpu().numpy()
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0]
-        return Segmentation(labels=list(labels), probabilities=torch.sigmoid(logits).cpu().numpy(),
+        return Segmentation(labels=list(labels), probabilities=probabilities_at(logits[0], (h, w)),
                             scores=scores.cpu().numpy().astype(np.float32), present=present,
                             threshold=rule.threshold)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from synseg_model import Segmenter, image_to_tensor
+from synseg_model.runtime import probabilities_at
 
 
 @pytest.fixture
@@ -28,6 +30,18 @@ def test_segment_shapes_and_types(segmenter):
     maps = torch.sigmoid(segmenter.logits(segmenter.preprocess(rgb), segmenter._vocab[1]))[0].flatten(1)
     top = maps.sort(dim=1, descending=True).values[:, :-(-maps.shape[1] // 100)].mean(1)
     np.testing.assert_allclose(out.scores, top.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(480, 640), (37, 53), (20, 12)])
+def test_probabilities_are_the_sigmoid_of_torch_bilinear_resize(size):
+    """The CPU path (OpenCV) resizes as F.interpolate does (half-pixel centres), up and down, any aspect; to
+    ~1e-5, the rounding of OpenCV's single-precision interpolation weights (a mask moves only for a pixel that
+    close to the threshold)."""
+    logits = torch.randn(11, 64, 48) * 4
+    expected = torch.sigmoid(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0])
+    out = probabilities_at(logits, size)
+    assert out.shape == (11, *size) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected.numpy(), rtol=0, atol=1e-4)
 
 
 def test_a_label_below_the_presence_threshold_gets_an_empty_mask(tiny_model):
