@@ -25,20 +25,21 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
 from synseg_ros import bag_types, conversions, detections, params, regions
-from synseg_ros.segmenter import Segmenter, SegmenterFactory, load_segmenter
+from synseg_ros.segmenter import Segmentation, Segmenter, SegmenterFactory, load_segmenter
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 # rosbag2 metadata version 8: what ROS 2 Jazzy's `ros2 bag` writes; Kilted's reads it too.
 BAG_VERSION = 8
 NODE_NAME = "synseg"
-# Serialised messages that may wait for the disk while the next frame is segmented (a few frames' worth).
+# Jobs (a frame's outputs to build and write, or a copied message) that may wait for the writer's thread while
+# the next frame is segmented: a few frames' worth, each holding its activation maps (13.5 MB at 640x480, 11 labels).
 WRITE_QUEUE = 8
 
 
@@ -145,9 +146,10 @@ def transient_local_qos() -> Any:
 
 
 class BackgroundWriter:
-    """A rosbags Writer driven from a thread of its own, so that the disk's time overlaps the next frame's
-    segmentation (the model releases the GIL). Every call runs on that one thread, as sqlite3 requires of its
-    objects; at most ``WRITE_QUEUE`` writes wait, in order, and a failed write raises at the next one."""
+    """A rosbags Writer driven from a thread of its own, so that building, serialising and writing a frame's
+    outputs overlaps the next frame's segmentation (the model releases the GIL). Every call runs on that one
+    thread, as sqlite3 requires of its objects; at most ``WRITE_QUEUE`` jobs wait, in order, and a failed one
+    raises at the next."""
 
     def __init__(self, writer: Any) -> None:
         self._writer = writer
@@ -161,8 +163,16 @@ class BackgroundWriter:
 
     def write(self, connection: Any, timestamp: int, data: bytes) -> None:
         """Queue one serialised message."""
+        self.submit(self._writer.write, connection, timestamp, data)
+
+    def submit(self, job: Callable[..., None], *args: Any) -> None:
+        """Queue ``job(*args)`` on the writer's thread; a job writes with ``write_now``."""
         self._drain(WRITE_QUEUE - 1)
-        self._pending.append(self._pool.submit(self._writer.write, connection, timestamp, data))
+        self._pending.append(self._pool.submit(job, *args))
+
+    def write_now(self, connection: Any, timestamp: int, data: bytes) -> None:
+        """Write one serialised message; only from a job on the writer's thread."""
+        self._writer.write(connection, timestamp, data)
 
     def flush(self) -> None:
         """Wait for the queued writes (raises a failed one's error)."""
@@ -196,21 +206,21 @@ class FrameSegmenter:
             return conversions.compressed_to_rgb(msg.data, limit)
         return conversions.image_to_rgb(msg, limit)
 
-    def outputs(self, msg: Any, rgb: np.ndarray) -> tuple[Any, Any, Any]:
-        """(SegmentationMasks, Detection2DArray, LabelInfo) of one frame, with the frame's header."""
-        result = self.segmenter.segment(rgb)
+    def outputs(self, header: Any, result: Segmentation) -> tuple[Any, Any, Any]:
+        """(SegmentationMasks, Detection2DArray, LabelInfo) of one segmented frame, with its ``header``.
+        Reuses its mask buffers: one thread at a time, each message serialised before the next call."""
         threshold = float(result.threshold)
         masks = self.masks.fill(result.probabilities, threshold, result.present)
-        height, width = rgb.shape[:2]
+        height, width = result.probabilities.shape[1:]
         image = self.types.get("sensor_msgs/msg/Image")
-        mask_msgs = [image(header=msg.header, height=height, width=width, encoding="mono8", is_bigendian=0,
+        mask_msgs = [image(header=header, height=height, width=width, encoding="mono8", is_bigendian=0,
                            step=width, data=m.reshape(-1)) for m in masks]
         masks_msg = self.types.get(bag_types.MASKS_TYPE)(
-            header=msg.header, labels=list(result.labels), masks=mask_msgs,
+            header=header, labels=list(result.labels), masks=mask_msgs,
             scores=np.asarray(result.scores, np.float32), threshold=threshold, probabilities=[])
         found = regions.find_regions(masks, self.settings["min_region_pixels"])
-        found_2d = detections.detections_2d(self.types, msg.header, result.labels, result.scores, found)
-        info = detections.label_info(self.types, msg.header, result.labels, threshold)
+        found_2d = detections.detections_2d(self.types, header, result.labels, result.scores, found)
+        info = detections.label_info(self.types, header, result.labels, threshold)
         return masks_msg, found_2d, info
 
 
@@ -316,12 +326,20 @@ def _segment_frame(frames: FrameSegmenter, raw: bytes, msgtype: str, timestamp: 
         summary.skipped.append(f"{timestamp}: {exc}")
         progress.write(f"segment_bag: skipped the frame at {timestamp} ns: {exc}", file=sys.stderr)
         return
-    masks, found, info = frames.outputs(msg, rgb)
-    if summary.frames == 0:
-        writer.write(out.label_info, timestamp, store.serialize_cdr(info, "vision_msgs/msg/LabelInfo"))
-    writer.write(out.masks, timestamp, store.serialize_cdr(masks, bag_types.MASKS_TYPE))
-    writer.write(out.detections, timestamp, store.serialize_cdr(found, "vision_msgs/msg/Detection2DArray"))
+    writer.submit(_write_outputs, frames, msg.header, frames.segmenter.segment(rgb), timestamp, writer, out,
+                  summary.frames == 0)
     summary.frames += 1
+
+
+def _write_outputs(frames: FrameSegmenter, header: Any, result: Segmentation, timestamp: int,
+                   writer: BackgroundWriter, out: _Connections, first: bool) -> None:
+    """A frame's messages, built, serialised and written on the writer's thread (LabelInfo with the first)."""
+    store = frames.store
+    masks, found, info = frames.outputs(header, result)
+    if first:
+        writer.write_now(out.label_info, timestamp, store.serialize_cdr(info, "vision_msgs/msg/LabelInfo"))
+    writer.write_now(out.masks, timestamp, store.serialize_cdr(masks, bag_types.MASKS_TYPE))
+    writer.write_now(out.detections, timestamp, store.serialize_cdr(found, "vision_msgs/msg/Detection2DArray"))
 
 
 def _messages(reader: Any, path: Path) -> Iterator[tuple[Any, int, bytes]]:
