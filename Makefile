@@ -41,8 +41,10 @@ setup: $(STAMP) $(ROS_STAMP) $(JAZZY_ROS_STAMP) $(if $(wildcard $(ROS2CLI)),$(RO
 
 # Re-installs only when the pins or the package metadata change. --no-compile: Python compiles a module when it
 # is first imported, and most of torch's 17,000 files never are (compiling them all took 90 s of CPU here).
-$(STAMP): requirements.txt setup.py
-	test -x $(PY) || python3 -m venv $(VENV)
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): requirements.txt setup.py | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -53,8 +55,9 @@ $(ROS_STAMP): $(STAMP) $(ROS_PACKAGE)
 	scripts/build_ros_package.sh
 	touch $@
 
-# Only the ROS 2 wheels and colcon; the non-ROS pins of requirements.txt constrain what they pull in.
-$(JAZZY_STAMP): requirements-jazzy.txt requirements.txt $(STAMP)
+# Only the ROS 2 wheels and colcon; the non-ROS pins of requirements.txt constrain what they pull in. It needs
+# .venv to exist (the .pth names its site-packages), not its packages: both installs run at once.
+$(JAZZY_STAMP): requirements-jazzy.txt requirements.txt | $(PY)
 	test -x $(JAZZY_PY) || python3 -m venv $(JAZZY_VENV)
 	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/constraints.txt
 	$(JAZZY_PY) -m pip install --quiet --no-compile -r requirements-jazzy.txt -c $(JAZZY_VENV)/constraints.txt

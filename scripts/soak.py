@@ -28,6 +28,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -105,11 +106,14 @@ class Operator:
         from rcl_interfaces.srv import SetParameters
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
 
         from synseg_ros.msg import SegmentationMasks
 
-        rclpy.init()
+        # rclpy's handlers would shut the context under the camera's thread at Ctrl-C; here it is an interrupt
+        # of the main thread, which stops the threads and the node in order.
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("soak_operator")
         self.rate = rate
         self.lock = threading.Lock()
@@ -333,7 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.minutes, args.row_seconds, args.rate, *args.every) <= 0:
         parser.error("--minutes, --row-seconds, --rate and --every must be positive")
-    rows, missed = soak(args)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` and `timeout` stop the node too
+    try:
+        rows, missed = soak(args)
+    except KeyboardInterrupt:
+        print(f"soak: interrupted; the node was stopped (its log: {args.log})", file=sys.stderr)
+        return 130
     print("goals: all met" if not missed else "goals missed:\n  " + "\n  ".join(missed))
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(row) for row in rows], "missed": missed}, indent=2))
