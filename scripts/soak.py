@@ -104,11 +104,11 @@ class Operator:
         from diagnostic_msgs.msg import DiagnosticArray
         from lifecycle_msgs.srv import ChangeState
         from rcl_interfaces.srv import SetParameters
-        from rclpy.executors import MultiThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
 
+        from synseg_ros.executor import NodeExecutor
         from synseg_ros.msg import SegmentationMasks
 
         # rclpy's handlers would shut the context under the camera's thread at Ctrl-C; here it is an interrupt
@@ -128,7 +128,7 @@ class Operator:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.set_client = self.node.create_client(SetParameters, "/synseg/set_parameters")
         self.state_client = self.node.create_client(ChangeState, "/synseg/change_state")
-        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor = NodeExecutor(num_threads=2)     # rclpy's own spins a core away (synseg_ros.executor)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
         rng = np.random.default_rng(0)

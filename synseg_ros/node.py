@@ -31,7 +31,7 @@ import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidHandle
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -40,6 +40,7 @@ from rclpy.utilities import remove_ros_args
 from synseg_model.masks import MaskRule
 from synseg_ros import params
 from synseg_ros.diagnostics import DiagnosticsPublisher, NodeReport
+from synseg_ros.executor import NodeExecutor
 from synseg_ros.image_input import ImageInput
 from synseg_ros.memory import configure_malloc, return_freed_memory
 from synseg_ros.outputs import SegmentationOutputs
@@ -372,7 +373,7 @@ def main(argv: Sequence[str] | None = None, segmenter_factory: SegmenterFactory 
             node = SynSegNode(segmenter_factory, on_exit=finish)
         except ValueError:
             return 1  # already logged as fatal
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = NodeExecutor(num_threads=3)
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor, done), name="synseg-executor", daemon=True)
         spinner.start()
@@ -433,7 +434,7 @@ def stop_handler(done: threading.Event) -> Callable[..., None]:
     return handler
 
 
-def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:
+def _spin(executor: NodeExecutor, done: threading.Event) -> None:
     """Spin until the executor shuts down, then set ``done``.
 
     deactivate destroys the image subscription, with its message-lost event handler, in a transition's thread;

@@ -13,10 +13,10 @@ import weakref
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
+from synseg_ros.executor import NodeExecutor
 from synseg_ros.segmenter import FakeSegmenter
 from tests.ros_helpers import Probe, image_msg, wait_until
 
@@ -32,7 +32,7 @@ class Spinning:
         self.exit_codes: list[int] = []
         self.node = SynSegNode(factory, on_exit=self.exit_codes.append, namespace=namespace,
                                parameter_overrides=overrides)
-        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor = NodeExecutor(num_threads=3)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
