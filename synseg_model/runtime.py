@@ -61,8 +61,8 @@ def probabilities_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(K, h, w) logits -> (K, H, W) float32 sigmoid(logits) resized to ``size`` = (H, W), bilinear with
     half-pixel centres (``F.interpolate``'s ``align_corners=False``).
 
-    On the CPU each map is resized by OpenCV, about ten times faster than torch's bilinear kernel for 11 maps
-    of 64 x 64 to 640 x 480 (1 ms against 8-13 ms), and the sigmoid is taken in place.
+    On the CPU each map is resized by OpenCV and the sigmoid taken in place: 3.7 ms against torch's 8.1 ms
+    (``F.interpolate`` + ``sigmoid``) for 11 maps of 64 x 64 to 640 x 480 (p50 of 30, interleaved, 2 cores).
     """
     if logits.device.type != "cpu":
         up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
