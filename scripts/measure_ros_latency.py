@@ -57,6 +57,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from synseg_ros.msg import SegmentationMasks
     from tests import depth_scene
 
+    if args.outputs != "masks":      # before the node starts: a missing package must not leave it running
+        from sensor_msgs.msg import PointCloud2
+        from vision_msgs.msg import Detection2DArray, Detection3DArray
+
     vocabulary = "[" + ", ".join(args.vocabulary.split(",")) + "]"
     ros_args = ["--ros-args", "-r", "image:=/bench/image_raw", "-p", "autostart:=true",
                 "-p", f"vocabulary:={vocabulary}", "-p", f"publish_overlay:={str(args.overlay).lower()}",
@@ -78,10 +82,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.overlay:
         probe.create_subscription(Image, "/synseg/overlay", lambda m: None, 5)
     if args.outputs != "masks":      # subscribed, so the node builds them
-        from vision_msgs.msg import Detection2DArray, Detection3DArray
         probe.create_subscription(Detection2DArray, "/synseg/detections", lambda m: None, 5)
     if args.outputs == "3d":
-        from sensor_msgs.msg import PointCloud2
         probe.create_subscription(Detection3DArray, "/synseg/detections_3d", lambda m: None, 5)
         probe.create_subscription(PointCloud2, "/synseg/points", lambda m: None, 5)
         depth_pub = probe.create_publisher(Image, "/bench/depth", qos_profile_sensor_data)
