@@ -206,8 +206,8 @@ class FrameSegmenter:
             return conversions.compressed_to_rgb(msg.data, limit)
         return conversions.image_to_rgb(msg, limit)
 
-    def outputs(self, header: Any, result: Segmentation) -> tuple[Any, Any, Any]:
-        """(SegmentationMasks, Detection2DArray, LabelInfo) of one segmented frame, with its ``header``.
+    def outputs(self, header: Any, result: Segmentation) -> tuple[Any, Any]:
+        """(SegmentationMasks, Detection2DArray) of one segmented frame, with its ``header``.
         Reuses its mask buffers: one thread at a time, each message serialised before the next call."""
         threshold = float(result.threshold)
         masks = self.masks.fill(result.probabilities, threshold, result.present)
@@ -219,9 +219,7 @@ class FrameSegmenter:
             header=header, labels=list(result.labels), masks=mask_msgs,
             scores=np.asarray(result.scores, np.float32), threshold=threshold, probabilities=[])
         found = regions.find_regions(masks, self.settings["min_region_pixels"])
-        found_2d = detections.detections_2d(self.types, header, result.labels, result.scores, found)
-        info = detections.label_info(self.types, header, result.labels, threshold)
-        return masks_msg, found_2d, info
+        return masks_msg, detections.detections_2d(self.types, header, result.labels, result.scores, found)
 
 
 def segment(args: argparse.Namespace, factory: SegmenterFactory) -> Summary:
@@ -333,11 +331,13 @@ def _segment_frame(frames: FrameSegmenter, raw: bytes, msgtype: str, timestamp: 
 
 def _write_outputs(frames: FrameSegmenter, header: Any, result: Segmentation, timestamp: int,
                    writer: BackgroundWriter, out: _Connections, first: bool) -> None:
-    """A frame's messages, built, serialised and written on the writer's thread (LabelInfo with the first)."""
+    """A frame's messages, built, serialised and written on the writer's thread; LabelInfo once, with the first
+    (the vocabulary and the threshold are the run's)."""
     store = frames.store
-    masks, found, info = frames.outputs(header, result)
     if first:
+        info = detections.label_info(frames.types, header, result.labels, float(result.threshold))
         writer.write_now(out.label_info, timestamp, store.serialize_cdr(info, "vision_msgs/msg/LabelInfo"))
+    masks, found = frames.outputs(header, result)
     writer.write_now(out.masks, timestamp, store.serialize_cdr(masks, bag_types.MASKS_TYPE))
     writer.write_now(out.detections, timestamp, store.serialize_cdr(found, "vision_msgs/msg/Detection2DArray"))
 
