@@ -133,33 +133,6 @@ def anchor_loss(logits: torch.Tensor, target: torch.Tensor, anchored: torch.Tens
     return _mean_over_labels(per_map, anchored)
 
 
-def exclusive_loss(logits: torch.Tensor, label_mask: torch.Tensor, min_score: float) -> torch.Tensor:
-    """L_exclusive: each pixel holds one of the labels its caption names, the one whose map leads there.
-
-      L_exclusive = mean_{(b,k) in R'} (1/|C_b|) sum_{p in C_b} BCE(z_bk(p), [k = k*_b(p)]),
-      k*_b(p) = argmax_{j in R_b} z_bj(p),   C_b = {p : sigma(z_bk*(p)) > min_score},
-    R_b being image b's real labels, R' the real slots of images with C_b not empty, and BCE as in L_anchor;
-    neither k* nor C_b carries gradient. The node thresholds every label's map on its own, so a map that
-    stays above the threshold where another named label's map leads becomes a mask over that object (a
-    caption-only shape's mask spilling onto its neighbours) although the argmax is right; this term teaches
-    each map what the argmax over the caption's labels already knows: on the pixels some named label claims,
-    the leader goes to 1 and the others to 0. Pixels no label claims (C_b's complement) are left alone, as
-    captions leave things out.
-
-    Args:
-        logits: (B, K, H, W). label_mask: (B, K) bool, R. min_score: in [0, 1).
-    """
-    z = logits.float()
-    with torch.no_grad():
-        best, winner = z.masked_fill(~label_mask[..., None, None], float("-inf")).max(1)          # (B, H, W)
-        claimed = (torch.sigmoid(best) > min_score).to(z.dtype)[:, None]                            # (B, 1, H, W)
-        slots = torch.arange(z.shape[1], device=z.device)[None, :, None, None]
-        target = (slots == winner[:, None]).to(z.dtype)
-    per_pixel = F.binary_cross_entropy_with_logits(z, target, reduction="none")
-    per_map = (per_pixel * claimed).sum((2, 3)) / claimed.sum((2, 3)).clamp(min=1.0)
-    return _mean_over_labels(per_map, label_mask & (claimed.flatten(1).amax(-1) > 0)[:, None])
-
-
 def absent_loss(logits: torch.Tensor, absent: torch.Tensor, fraction: float) -> torch.Tensor:
     """L_absent: labels taken as absent from an image keep the top of their maps below the threshold.
 

@@ -107,28 +107,3 @@ def test_every_term_of_a_fixed_batch_keeps_its_value(tiny_model):
     assert list(losses) == list(PINNED)  # the order the trainer sums them in
     # One float32 rounding of slack, for other CPUs' kernels; on this machine they agree to the bit.
     assert {k: v.item() for k, v in losses.items()} == pytest.approx(PINNED, rel=1e-5, abs=1e-7)
-
-
-def test_exclusive_term_against_a_direct_computation():
-    from synseg_model.losses import exclusive_loss
-    g = torch.Generator().manual_seed(3)
-    logits = 3 * torch.randn(2, 3, 4, 5, generator=g)
-    mask = torch.tensor([[True, True, False], [True, False, False]])
-    min_score = 0.6
-    per_map = []
-    for b in range(2):
-        real = [k for k in range(3) if mask[b, k]]
-        for k in real:
-            total, claimed = 0.0, 0
-            for i in range(4):
-                for j in range(5):
-                    leader = max(real, key=lambda r: logits[b, r, i, j].item())
-                    if torch.sigmoid(logits[b, leader, i, j]) <= min_score:
-                        continue  # no named label claims the pixel
-                    p, y = torch.sigmoid(logits[b, k, i, j]).item(), float(k == leader)
-                    total += -(y * math.log(p) + (1 - y) * math.log(1 - p))
-                    claimed += 1
-            per_map.append(total / claimed)
-    assert exclusive_loss(logits, mask, min_score).item() == pytest.approx(sum(per_map) / len(per_map), rel=1e-5)
-    # An image where no pixel is claimed contributes nothing; one where none ever is, 0.
-    assert exclusive_loss(torch.full((1, 2, 3, 3), -9.0), torch.tensor([[True, True]]), 0.5).item() == 0.0

@@ -84,7 +84,6 @@ def test_absent_term_with_min_peak_zero_is_refused():
     (["loss.mccl=null"], "'loss': no term is on"),
     (["loss.absent={weight: 1, max_cosine: -1}"], "every label is a near-synonym and none is ever absent"),
     (["loss.anchor={weight: 1, min_peak: 1}"], "'loss.anchor.min_peak': must be in [0, 1)"),
-    (["loss.exclusive={weight: 1, min_score: 1}"], "'loss.exclusive.min_score': must be in [0, 1): at 1 no pixel"),
     (["loss.outside={weight: 1, frames: 0}"], "'loss.outside': takes nothing as absent"),
     (["loss.outside={weight: 1, words: /nowhere/words.txt}"], "'loss.outside.words': /nowhere/words.txt: file not"),
     (["loss.peak_relative={weight: 1, fraction: 0}"], "'loss.peak_relative.fraction': must be in (0, 1]"),

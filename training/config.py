@@ -21,8 +21,7 @@ from training.files import read_text
 TASKS = ("mccl", "dense_bce")
 PRECISIONS = ("auto", *MODEL_PRECISIONS)
 PROJECTOR_INPUTS = ("conditional", "visual")
-# LossConfig's sections besides mccl
-ADDED_TERMS = ("area", "peak", "peak_relative", "anchor", "absent", "outside", "exclusive")
+ADDED_TERMS = ("area", "peak", "peak_relative", "anchor", "absent", "outside")  # LossConfig's sections besides mccl
 
 
 class ConfigError(ValueError):
@@ -119,16 +118,6 @@ class OutsideLoss:
 
 
 @dataclass
-class ExclusiveLoss:
-    """L_exclusive (`synseg_model.losses.exclusive_loss`; a deviation): on the pixels where the leading map of
-    the caption's labels passes `min_score`, that label's map is pulled to 1 and the others' to 0, so that
-    each map thresholded on its own (as the node publishes it) agrees with the argmax over the named labels."""
-
-    weight: float
-    min_score: float = 0.5  # a pixel is claimed when the leading map passes this (the node's default threshold)
-
-
-@dataclass
 class LossConfig:
     """The terms of the objective. A term is on when its section is set (null: off); the default is the
     paper's, MCCL's four losses and nothing else. The trainer minimises the weighted sum of the terms that are
@@ -142,7 +131,6 @@ class LossConfig:
     anchor: AnchorLoss | None = None
     absent: AbsentLoss | None = None
     outside: OutsideLoss | None = None
-    exclusive: ExclusiveLoss | None = None
 
     def terms(self) -> dict[str, float]:
         """The weight of every term that is on, by name, in the order the trainer sums them."""
@@ -420,10 +408,6 @@ def _check_loss(cfg: TrainingConfig) -> None:
              "must be in (-1, 1]: at -1 every label is a near-synonym and none is ever absent")
         need(0 < absent.min_peak <= 1, "loss.absent.min_peak",
              "must be in (0, 1]: at 0 the starting model recognises every label and none is ever absent")
-    if loss.exclusive is not None:
-        # At 1 no map passes: no pixel is ever claimed and the term is always 0.
-        need(0 <= loss.exclusive.min_score < 1, "loss.exclusive.min_score", "must be in [0, 1): at 1 no pixel is "
-             "ever claimed")
     if loss.outside is not None:
         outside = loss.outside
         need(outside.labels >= 0 and outside.frames >= 0 and outside.frame_labels >= 0, "loss.outside",

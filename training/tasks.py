@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synseg_model import image_to_tensor
-from synseg_model.losses import absent_loss, anchor_loss, area_loss, exclusive_loss, mccl_loss, peak_loss
+from synseg_model.losses import absent_loss, anchor_loss, area_loss, mccl_loss, peak_loss
 
 from .config import LossConfig
 from .outside import random_frames, read_words
@@ -124,8 +124,6 @@ class MCCLTask(TrainingTask):
             terms["peak"] = peak_loss(logits, mask, loss.peak.fraction)
         if loss.peak_relative is not None:
             terms["peak_relative"] = peak_loss(logits, mask, loss.peak_relative.fraction, relative=True)
-        if loss.exclusive is not None:
-            terms["exclusive"] = exclusive_loss(logits, mask, loss.exclusive.min_score)
         if loss.anchor is not None:
             with torch.no_grad():
                 target = torch.sigmoid(self.anchor.decode(activations, text, size).float())
