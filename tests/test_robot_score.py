@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -88,6 +89,40 @@ def test_robot_figures_are_what_the_node_publishes(shipped, split, maps):
                                                          if n in SEEN and figures["per_class"][n]["iou"] is not None]))
 
 
+def test_spill_is_the_mask_off_the_object_near_it_and_beyond(maps):
+    """Against a direct computation with OpenCV's dilation, scene by scene; the shares add up to the area ratio."""
+    rule = MaskRule(0.3, 0.0, 0.05)
+    spill = robot.spill_figures(maps, rule)
+    figures = robot.robot_figures(maps, rule)
+    masks = (maps.scenes > rule.threshold).numpy()
+    truth = maps.truth.numpy()
+    checked = 0
+    for k, name in enumerate(maps.names):
+        ring = beyond = true = 0
+        on = np.zeros(len(maps.names))
+        for i in range(len(truth)):
+            inside = truth[i] == k
+            if not inside.any():
+                continue
+            near = cv2.dilate(inside.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+            wrong = masks[i, k] & ~inside & (truth[i] != 255)
+            ring += (wrong & near).sum()
+            beyond += (wrong & ~near).sum()
+            np.add.at(on, truth[i][wrong & ~near], 1)
+            true += inside.sum()
+        if not true:
+            assert name not in spill
+            continue
+        checked += 1
+        assert spill[name]["ring"] == pytest.approx(ring / true)
+        assert spill[name]["beyond"] == pytest.approx(beyond / true)
+        assert spill[name]["beyond_on"] == pytest.approx({maps.names[j]: on[j] / true for j in np.flatnonzero(on)})
+        recall = figures["per_class"][name]["recall"] / 100
+        assert recall + spill[name]["ring"] + spill[name]["beyond"] == pytest.approx(
+            figures["per_class"][name]["area_ratio"])
+    assert checked >= 8
+
+
 def test_auc_counts_ties_half():
     assert robot.auc(torch.tensor([0.9, 0.5]), torch.tensor([0.5, 0.1])) == 0.875   # (1 + 1 + 0.5 + 1) / 4
     assert robot.auc(torch.tensor([0.9]), torch.tensor([])) is None
@@ -127,8 +162,9 @@ def test_score_and_calibrate_commands(split, tmp_path, capsys):
 
     main(["score", "--split", str(split), "--json", str(tmp_path / "f.json"), "--threshold", "0.7"])
     out = capsys.readouterr().out
-    assert "| **mean, seen** |" in out and "rule: threshold 0.7" in out
-    assert json.loads((tmp_path / "f.json").read_text())["rule"]["threshold"] == 0.7
+    assert "| **mean, seen** |" in out and "rule: threshold 0.7" in out and "where the masks spill" in out
+    written = json.loads((tmp_path / "f.json").read_text())
+    assert written["rule"]["threshold"] == 0.7 and set(written["spill"]) <= set(written["per_class"])
     main(["calibrate", "--split", str(split), "--write", str(tmp_path / "m.safetensors")])
     card = SynSeg.from_checkpoint(tmp_path / "m.safetensors").model_card
     assert card["mask_rule_choice"]["probes"] == "dev"

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from synseg_model import MaskRule, SynSeg, image_to_tensor
 from training.config import ConfigError, read_yaml_mapping
@@ -219,6 +220,42 @@ def robot_figures(maps: RobotMaps, rule: MaskRule) -> dict[str, Any]:
     return figures
 
 
+def spill_figures(maps: RobotMaps, rule: MaskRule, ring: int = 3) -> dict[str, dict[str, Any]]:
+    """Where each class's mask falls off its objects, on the scenes holding the class, as shares of its true
+    pixels (so that ``area_ratio`` = recall + ``ring`` + ``beyond``): ``ring``, within ``ring`` pixels of an
+    object (a blurred edge); ``beyond``, further away, and ``beyond_on``, the classes it covers there, largest
+    first. A diagnosis of a too-large area ratio (a blur, or maps lit on other things), not a score."""
+    masks = _masks(maps.scenes, rule)[0]
+    valid = maps.truth != IGNORE_INDEX
+    spill = {}
+    for k, name in enumerate(maps.names):
+        holds = (maps.truth == k).flatten(1).any(-1)
+        if not holds.any():
+            continue
+        truth = maps.truth[holds]
+        inside = truth == k
+        near = F.max_pool2d(inside[:, None].float(), 2 * ring + 1, stride=1, padding=ring)[:, 0] > 0
+        wrong = masks[holds, k] & valid[holds] & ~inside
+        beyond = wrong & ~near
+        true = float(inside.sum())
+        covered = torch.bincount(truth[beyond], minlength=len(maps.names))
+        spill[name] = {"ring": float((wrong & near).sum()) / true, "beyond": float(beyond.sum()) / true,
+                       "beyond_on": {maps.names[j]: float(covered[j]) / true
+                                     for j in covered.argsort(descending=True).tolist() if covered[j]}}
+    return spill
+
+
+def spill_table(spill: dict[str, dict[str, Any]], seen: set[str] | frozenset[str], most: int = 3) -> str:
+    """A Markdown table of ``spill_figures``."""
+    lines = ["| class | seen | mask beyond the object, x its area: within 3 px | further | further, on |",
+             "| --- | --- | ---: | ---: | --- |"]
+    for name, row in spill.items():
+        on = ", ".join(f"{other} {share:.2f}" for other, share in list(row["beyond_on"].items())[:most])
+        lines.append(f"| {name} | {'yes' if name in seen else 'no'} | {row['ring']:.2f} | {row['beyond']:.2f} | "
+                     f"{on} |")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None, ratio: bool = False) -> str:
     return "-" if value is None else f"{value:.2f}" if ratio else f"{value:.1f}"
 
@@ -285,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     maps = compute_maps(model, args.split, load_probes(args.probes, args.probes_file), seen)
     figures = robot_figures(maps, rule)
+    figures["spill"] = spill_figures(maps, rule)
     print(robot_table(figures, seen))
+    print("\nwhere the masks spill (scenes holding the class):\n" + spill_table(figures["spill"], seen))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1))
