@@ -59,13 +59,13 @@ def _byte_array(values: np.ndarray) -> array.array:
 ROS_TYPES = MessageTypes(_ros_message_class, _byte_array)
 
 
-def _hypothesis(types: MessageTypes, label: str, score: float, position: Sequence[float] = (0.0, 0.0, 0.0)) -> Any:
-    """One ObjectHypothesisWithPose: the label and its score, at ``position`` (metres; 2-D detections: 0)."""
-    geometry = _pose(types, position)
-    pose = types.get("geometry_msgs/msg/PoseWithCovariance")(pose=geometry,
-                                                         covariance=np.zeros(_COVARIANCE_SIZE, np.float64))
+def _hypothesis(types: MessageTypes, label: str, score: float, pose: Any) -> Any:
+    """One ObjectHypothesisWithPose: the label and its score, at ``pose`` (a Pose; 2-D detections: the origin)."""
+    with_covariance = types.get("geometry_msgs/msg/PoseWithCovariance")(
+        pose=pose, covariance=np.zeros(_COVARIANCE_SIZE, np.float64))
     return types.get("vision_msgs/msg/ObjectHypothesisWithPose")(
-        hypothesis=types.get("vision_msgs/msg/ObjectHypothesis")(class_id=label, score=float(score)), pose=pose)
+        hypothesis=types.get("vision_msgs/msg/ObjectHypothesis")(class_id=label, score=float(score)),
+        pose=with_covariance)
 
 
 def _pose(types: MessageTypes, position: Sequence[float]) -> Any:
@@ -87,14 +87,17 @@ def detections_2d(types: MessageTypes, header: Any, labels: Sequence[str], score
     """
     detection, box = types.get("vision_msgs/msg/Detection2D"), types.get("vision_msgs/msg/BoundingBox2D")
     pose2d, point2d = types.get("vision_msgs/msg/Pose2D"), types.get("vision_msgs/msg/Point2D")
+    origin = _pose(types, (0.0, 0.0, 0.0))
     out = []
     for label in regions:
-        name, score = labels[label.label_index], float(scores[label.label_index])
+        # One hypothesis message for all of a label's regions (and one origin pose for all hypotheses): equal
+        # parts are shared, as the messages are only serialised, and building messages is most of the time here.
+        hypothesis = _hypothesis(types, labels[label.label_index], float(scores[label.label_index]), origin)
         for region in label.regions:
             u, v = region.center
             bbox = box(center=pose2d(position=point2d(x=u, y=v), theta=0.0), size_x=float(region.box[2]),
                        size_y=float(region.box[3]))
-            out.append(detection(header=header, results=[_hypothesis(types, name, score)], bbox=bbox, id=""))
+            out.append(detection(header=header, results=[hypothesis], bbox=bbox, id=""))
     return types.get("vision_msgs/msg/Detection2DArray")(header=header, detections=out)
 
 
@@ -107,8 +110,9 @@ def detections_3d(types: MessageTypes, header: Any, labels: Sequence[str], score
     out = []
     for item in boxes:
         sx, sy, sz = (float(v) for v in item.size)
-        bbox = box3d(center=_pose(types, item.center), size=vector(x=sx, y=sy, z=sz))
-        hypothesis = _hypothesis(types, labels[item.label_index], float(scores[item.label_index]), item.center)
+        center = _pose(types, item.center)              # the box's and the hypothesis' pose: one message, shared
+        bbox = box3d(center=center, size=vector(x=sx, y=sy, z=sz))
+        hypothesis = _hypothesis(types, labels[item.label_index], float(scores[item.label_index]), center)
         out.append(detection(header=header, results=[hypothesis], bbox=bbox, id=""))
     return types.get("vision_msgs/msg/Detection3DArray")(header=header, detections=out)
 

@@ -126,6 +126,31 @@ def test_invalid_depth_is_skipped(encoding, invalid):
         assert boxes[name].points < 0.85 * clean[name].points
 
 
+@pytest.mark.parametrize("columns", [37, 144, 160])
+@pytest.mark.parametrize("noise", [0.0, 0.01])
+def test_a_large_regions_centre_is_the_exact_median_of_its_points(columns, noise):
+    """Regions of more points than the boxes' sample still get their points' own medians (what a sort puts at
+    n // 2), on flat and noisy depth, for rows of lengths that a strided sample would alias with."""
+    rng = np.random.default_rng(columns)
+    z = (scene.depth_metres() + rng.normal(0.0, noise, (scene.HEIGHT, scene.WIDTH))).astype(np.float32)
+    z[rng.random(z.shape) < 0.1] = np.nan
+    mask = np.zeros((scene.HEIGHT, scene.WIDTH), np.uint8)
+    mask[20:460, 100:100 + 2 * columns] = 255
+    mask[300:310, 0:90] = 255                                   # a second region, so the mask is labelled
+    camera = depth.PinholeCamera.from_camera_info({"k": scene.camera_matrix()})
+    grid = depth.point_grid(scene.depth_fields("32FC1", z), camera, MAX_DEPTH, 2)
+    labels = regions.find_regions([mask], 100)
+    boxes = depth.region_boxes(grid, labels)
+    assert len(boxes) == 2 and boxes[0].points > 5000
+    for label in labels:
+        for region, box in zip(label.regions, boxes):
+            inside = label.inside(region.region_id, grid.sample) & grid.valid
+            points = np.sort(np.stack([plane[inside] for plane in grid.xyz]), axis=1)
+            np.testing.assert_array_equal(box.center, points[:, points.shape[1] // 2])
+    assert all(np.array_equal(a.center, b.center) and np.array_equal(a.size, b.size)
+               for a, b in zip(boxes, depth.region_boxes(grid, labels)))      # the same again: deterministic
+
+
 def test_background_pixels_inside_a_mask_do_not_stretch_its_size():
     """A mask that spills over the box's edge onto the wall: the spilled points are outliers in depth."""
     z = scene.depth_metres()
