@@ -19,7 +19,6 @@ _FAST_LABEL_TYPE = cv2.CV_16U
 _WIDE_LABEL_TYPE = cv2.CV_32S
 _FAST_LABEL_LIMIT = np.iinfo(np.uint16).max          # most regions: their ids 1 .. count
 _CONNECTIVITY = 8
-_FLOAT32_EXACT = 2 ** 24                            # integers up to this are exact in float32
 # A mask's outer contours come first: findContours traces the 8-connected regions, as the labelling, and takes a
 # quarter of its time or less (0.06 against 0.27 ms for a 640x480 mask of one region; in the loop over a frame's
 # masks, the labelling's fresh label maps cost it 0.4-0.9 ms a mask). A mask of one region, the common case,
@@ -110,22 +109,13 @@ def _labelled_regions(index: int, mask: np.ndarray, outer: list[np.ndarray], min
     pixels."""
     label_type = _FAST_LABEL_TYPE if len(outer) <= _FAST_LABEL_LIMIT else _WIDE_LABEL_TYPE
     _, region_map = cv2.connectedComponentsWithAlgorithm(mask, _CONNECTIVITY, label_type, cv2.CCL_DEFAULT)
-    sizes = _sizes(region_map, len(outer))
+    sizes = np.bincount(region_map.ravel(), minlength=len(outer) + 1)
     starts = np.array([contour[0, 0] for contour in outer])           # (x, y): a pixel of each region
     ids = region_map[starts[:, 1], starts[:, 0]]
     kept = np.flatnonzero(sizes[ids] >= min_pixels)
     kept = kept[np.lexsort((ids[kept], -sizes[ids[kept]]))]          # largest first, then by id
     regions = [Region(index, int(ids[i]), int(sizes[ids[i]]), _box(outer[i])) for i in kept]
     return LabelRegions(index, regions, mask, region_map)
-
-
-def _sizes(region_map: np.ndarray, count: int) -> np.ndarray:
-    """The pixels of each region id 0 .. ``count`` of ``region_map``."""
-    # OpenCV's histogram of a 16-bit map takes half the time of numpy's bincount, which first widens the map to
-    # 64 bits; its float32 bins count exactly up to 2**24.
-    if region_map.dtype == np.uint16 and region_map.size <= _FLOAT32_EXACT:
-        return cv2.calcHist([region_map], [0], None, [count + 1], [0, count + 1]).ravel().astype(np.int64)
-    return np.bincount(region_map.ravel(), minlength=count + 1)
 
 
 def _box(contour: np.ndarray) -> tuple[int, int, int, int]:

@@ -32,6 +32,8 @@ def label_image(probabilities: np.ndarray, masks: Sequence[np.ndarray]) -> np.nd
     # scales every map by the same 255, which leaves the comparison as it is.)
     best = np.zeros((height, width), np.float32)
     for k in range(probabilities.shape[0]):
+        if not masks[k].any():          # most labels are absent from most frames: they win no pixel
+            continue
         masked = np.multiply(probabilities[k], masks[k], dtype=np.float32)
         out[cv2.compare(masked, best, cv2.CMP_GT) > 0] = k + 1
         cv2.max(best, masked, dst=best)

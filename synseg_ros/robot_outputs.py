@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -118,17 +117,5 @@ class RobotOutputs:
             boxes = depth.region_boxes(grid, found)
             self._detections_3d.publish(detections.detections_3d(types, header, result.labels, result.scores, boxes))
         if self._points.get_subscription_count() > 0:
-            points = _labelled_points(grid, result.probabilities, masks, found)
-            self._points.publish(detections.point_cloud(types, header, points))
-
-
-def _labelled_points(grid: depth.PointGrid, probabilities: np.ndarray, masks: Sequence[np.ndarray],
-                     found: Sequence[regions.LabelRegions]) -> np.ndarray:
-    """``depth.labelled_points`` of the label image at the grid's pixels, made of the labels whose masks hold any
-    pixel (those with regions in ``found``, and any other that holds one): another cannot win a pixel, and
-    reading its map at the grid's pixels would cost as much as theirs."""
-    with_regions = {label.label_index for label in found}
-    held = [k for k, mask in enumerate(masks) if k in with_regions or cv2.countNonZero(mask)]
-    label_map = rendering.label_image(grid.sample(probabilities)[held], [grid.sample(masks[k]) for k in held])
-    to_all = np.array([0] + [k + 1 for k in held], np.uint8)          # label i + 1 of the held -> of all labels
-    return depth.labelled_points(grid, to_all[label_map])
+            label_map = rendering.label_image(grid.sample(result.probabilities), [grid.sample(m) for m in masks])
+            self._points.publish(detections.point_cloud(types, header, depth.labelled_points(grid, label_map)))
